@@ -1,0 +1,308 @@
+"""The ``dca`` command line: a thin Typer layer over the library (it owns printing and exit codes)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DcaError
+
+app = typer.Typer(help="dca: small local language models composed with a RAG store and a thinking phase, offline.",
+                  no_args_is_help=True, add_completion=False)
+rag_app = typer.Typer(help="Knowledge: ingest documents into a local RAG store and search it.", no_args_is_help=True)
+models_app = typer.Typer(help="List the bundled and registered models, or register a GGUF.")
+app.add_typer(rag_app, name="rag")
+app.add_typer(models_app, name="models")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STORE_DIR_HELP = "Store directory (default: $DCA_HOME/store)."
+
+
+def _handles_errors(fn):
+    """Turn dca's typed errors into a one-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DcaError as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _store_dir(store_dir: Optional[Path]) -> Path:
+    from .home import dca_home
+
+    return store_dir if store_dir is not None else dca_home() / "store"
+
+
+def _embedder(path: Optional[Path]):
+    from .rag import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(path)
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+@models_app.callback(invoke_without_command=True)
+@_handles_errors
+def models(ctx: typer.Context):
+    """List the bundled models and the GGUF files registered or used by path."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .models import list_models
+
+    table = Table("name", "kind", "origin", "size", "path")
+    for m in list_models():
+        table.add_row(m.name, m.kind, m.origin, f"{m.size_bytes / 1e6:.1f} MB", m.path)
+    out.print(table)
+
+
+@models_app.command("add")
+@_handles_errors
+def models_add(name: str = typer.Argument(..., help="Name to use with -m/--model."),
+               path: Path = typer.Argument(..., help="A GGUF file.")):
+    """Register a GGUF file under a name."""
+    from .models import register_model
+
+    entry = register_model(name, path)
+    out.print(f"registered {entry.name} -> {entry.path}")
+
+
+# -- rag ---------------------------------------------------------------------------------------------
+
+
+@rag_app.command("ingest")
+@_handles_errors
+def rag_ingest(
+    paths: List[Path] = typer.Argument(..., help="Files or directories (.txt .md .html .pdf .jsonl)."),
+    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help=STORE_DIR_HELP),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Chunk budget in tokens (new stores) [default: 220]."),
+    overlap_tokens: Optional[int] = typer.Option(None, "--overlap-tokens", help="Tokens shared by consecutive chunks (new stores) [default: 32]."),
+    embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="A sentence-transformers directory (default: bundled all-MiniLM-L6-v2)."),
+):
+    """Load, chunk, embed and index documents; unchanged files are skipped, changed ones replaced."""
+    from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .rag import Store, StoreConfig
+
+    overrides = {k: v for k, v in {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}.items() if v is not None}
+    config = StoreConfig(**{**asdict(StoreConfig()), **overrides})
+    store = Store.create(_store_dir(store_dir), _embedder(embedder_path), config)
+    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("embed", total=None)
+        report = store.ingest(paths, progress=lambda p: bar.update(task, completed=p.chunks_done, total=p.chunks_total))
+    for w in report.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    for path, reason in report.errors.items():
+        err.print(f"[red]skipped[/] {path}: {reason}")
+    info = store.info()
+    out.print(f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
+              f"{len(report.errors)} failed; {report.chunks_added} chunks embedded, {report.chunks_reused} reused "
+              f"in {report.seconds:.1f}s. Store {info.path}: {info.files} files, {info.chunks} chunks.")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@rag_app.command("search")
+@_handles_errors
+def rag_search(
+    query: str = typer.Argument(..., help="The search query."),
+    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help=STORE_DIR_HELP),
+    k: int = typer.Option(5, "-k", "--top-k", help="Number of chunks to show."),
+    mode: str = typer.Option("hybrid", "--mode", help="dense | lexical | hybrid (reciprocal rank fusion)."),
+    embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="The store's embedder directory, if not bundled."),
+):
+    """Print the chunks ranked for QUERY, with score and source."""
+    from .rag import Store
+
+    store = Store.open(_store_dir(store_dir), _embedder(embedder_path))
+    hits = store.search(query, k=k, mode=mode)
+    if not hits:
+        out.print("no results")
+    for rank, h in enumerate(hits, 1):
+        out.print(f"[bold]{rank}.[/] score {h.score:.4f}  cosine {h.similarity:.3f}  [cyan]{h.title}[/]  ({h.source})")
+        text = " ".join(h.text.split())
+        out.print(f"   {text[:300]}{'...' if len(text) > 300 else ''}")
+
+
+@rag_app.command("info")
+@_handles_errors
+def rag_info(store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help=STORE_DIR_HELP),
+             embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="The store's embedder directory, if not bundled.")):
+    """Show the store's counts, size, embedder and index type."""
+    from .rag import Store
+
+    i = Store.open(_store_dir(store_dir), _embedder(embedder_path)).info()
+    table = Table(show_header=False)
+    for key, value in [("path", i.path), ("format version", i.version), ("embedder", f"{i.embedder} ({i.dim}-d)"),
+                       ("index", i.index_type), ("files", i.files), ("documents", i.documents), ("chunks", i.chunks),
+                       ("size", f"{i.bytes_on_disk / 1e6:.2f} MB"),
+                       ("chunking", f"{i.chunking['chunk_tokens']} tokens, overlap {i.chunking['overlap_tokens']}")]:
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@rag_app.command("remove")
+@_handles_errors
+def rag_remove(paths: List[Path] = typer.Argument(..., help="Files or directories to drop from the store."),
+               store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help=STORE_DIR_HELP),
+               embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="The store's embedder directory, if not bundled.")):
+    """Drop the chunks of files (or of every file under a directory) from the store."""
+    from .rag import Store
+
+    removed = Store.open(_store_dir(store_dir), _embedder(embedder_path)).remove(paths)
+    if not removed:
+        err.print(f"[red]error:[/] none of {', '.join(map(str, paths))} is in the store (see: dca rag info)")
+        raise typer.Exit(1)
+    out.print(f"removed {len(removed)} file(s): " + ", ".join(removed))
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+
+def _print_answer_stream(bot, question: str, show_thinking: bool):
+    answer = None
+    in_thinking = False
+    for chunk in bot.stream(question):
+        if chunk.kind == "thinking" and show_thinking:
+            if not in_thinking:
+                out.print("[dim]thinking:[/] ", end="")
+                in_thinking = True
+            out.print(chunk.text, end="", style="dim", markup=False)
+        elif chunk.kind == "answer":
+            if in_thinking:
+                out.print()
+                in_thinking = False
+            out.print(chunk.text, end="", markup=False)
+        elif chunk.kind == "done":
+            answer = chunk.answer
+    out.print()
+    if answer is not None:
+        added = {s.number for s in answer.sources if s.cited_by == "attribution"}
+        if added:
+            out.print(f"[dim](citations added by attribution: {', '.join(f'[{n}]' for n in sorted(added))})[/]", markup=True)
+        _print_sources(answer, cited_only=True)
+        st = answer.stats
+        out.print(f"[dim]{st.answer_tokens} answer + {st.thinking_tokens} thinking tokens, {st.tokens_per_s:.1f} tok/s, "
+                  f"first token {st.first_token_s:.2f}s, total {st.total_s:.2f}s[/]")
+    return answer
+
+
+def _print_sources(answer, cited_only: bool):
+    sources = answer.citations if cited_only else answer.sources
+    for s in sources:
+        mark = "*" if s.cited else " "
+        out.print(f"[cyan]\\[{s.number}]{mark}[/] {s.title}  [dim]({s.source}, cosine {s.similarity:.2f})[/]")
+
+
+@app.command()
+@_handles_errors
+def chat(
+    question: Optional[str] = typer.Argument(None, help="Ask one question and exit; without it, start a chat session."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name (see: dca models) or GGUF path [default: bundled smollm2-135m-instruct]."),
+    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from (none: no retrieval)."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Think before answering [default: only models with their own think tags]."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Most thinking tokens [default: 256]."),
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking (hidden by default)."),
+    k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question [default: 4]."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Retrieval: hybrid | dense | lexical [default: hybrid]."),
+    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Drop passages below this cosine [default: 0.2]."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens [default: 256]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy [default: 0]."),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off [default: 1.1]."),
+):
+    """Chat with a local model, answering from a RAG store with citations [1], [2].
+
+    In a session: /sources shows the passages of the last answer, /reset forgets the conversation, /exit quits.
+    """
+    from .assistant import Assistant
+
+    flags = {"think": think, "thinking_budget": thinking_budget, "top_k": k, "search_mode": mode,
+             "min_similarity": min_similarity, "max_tokens": max_tokens, "temperature": temperature, "repeat_penalty": repeat_penalty}
+    bot = Assistant(model=model, store=store_dir, **{key: v for key, v in flags.items() if v is not None})
+    if question is not None:
+        _print_answer_stream(bot, question, show_thinking)
+        return
+    out.print(f"[bold]dca chat[/] with {bot.llm.name}{' and ' + str(store_dir) if store_dir else ''}. "
+              "Commands: /sources /reset /exit")
+    last = None
+    while True:
+        try:
+            line = out.input("[bold green]> [/]").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.print()
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            bot.reset()
+            out.print("[dim]conversation reset[/]")
+        elif line == "/sources":
+            if last is None or not last.sources:
+                out.print("[dim]no sources for the last answer[/]")
+            else:
+                _print_sources(last, cited_only=False)
+        elif line.startswith("/"):
+            out.print(f"[yellow]unknown command {line}[/]; commands: /sources /reset /exit")
+        else:
+            try:
+                last = _print_answer_stream(bot, line, show_thinking)
+            except KeyboardInterrupt:
+                out.print("\n[dim](stopped)[/]")
+
+
+@app.command()
+@_handles_errors
+def demo(model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name or GGUF path [default: bundled]."),
+         question: Optional[List[str]] = typer.Option(None, "-q", "--question", help="Ask these instead of the demo questions.")):
+    """The main job on bundled defaults: ingest the Python language reference, then answer questions with citations."""
+    from .demo import DEMO_QUESTIONS, demo_paths, write_python_reference_corpus
+
+    corpus, store_dir = demo_paths()
+    write_python_reference_corpus(corpus)
+    out.print(f"[bold]1. Knowledge[/]: ingesting the Python language reference ({corpus}) into {store_dir}")
+    rag_ingest([corpus], store_dir=store_dir, chunk_tokens=None, overlap_tokens=None, embedder_path=None)
+    from .assistant import Assistant
+
+    bot = Assistant(model=model, store=store_dir)
+    out.print(f"[bold]2. Language[/]: {bot.llm.name} ({'thinking' if bot._thinking() else 'no thinking phase'})")
+    for q in question or DEMO_QUESTIONS:
+        bot.reset()
+        out.print(f"\n[bold green]Q:[/] {q}\n[bold]A:[/] ", end="")
+        _print_answer_stream(bot, q, show_thinking=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The CLI owns the terminal: no progress bars or info chatter from Hugging Face libraries.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

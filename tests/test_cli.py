@@ -1,0 +1,85 @@
+"""The command line: --help text, lazy imports, error messages and exit codes, rag commands end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from dca.cli import app
+
+runner = CliRunner()
+
+
+def test_import_dca_and_help_do_not_import_heavy_stacks():
+    code = (
+        "import sys, dca, dca.cli, dca.rag, dca.assistant\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(dca.cli.app, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'llama_cpp', 'sentence_transformers') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--help"], ["chat", "rag", "models", "demo"]),
+    (["rag", "--help"], ["ingest", "search", "info", "remove"]),
+    (["rag", "ingest", "--help"], ["--store-dir", "--chunk-tokens", "--overlap-tokens", "--embedder"]),
+    (["rag", "search", "--help"], ["--mode", "dense | lexical | hybrid", "-k"]),
+    (["chat", "--help"], ["--think", "--no-think", "--thinking-budget", "--show-thinking", "-m", "--store-dir",
+                          "/sources", "/reset", "/exit"]),
+])
+def test_help_text(args, expected):
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for word in expected:
+        assert word in result.output, word
+
+
+def test_models_command_lists_bundled():
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert "smollm2-135m-instruct" in result.output and "all-MiniLM-L6-v2" in result.output
+
+
+def test_bad_model_and_bad_flag_exit_nonzero_with_a_message(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    result = runner.invoke(app, ["chat", "hi", "-m", str(bad)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "broken.gguf is not a GGUF file" in result.output
+    result = runner.invoke(app, ["chat", "hi", "-m", "no-such-model"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "unknown model 'no-such-model'" in result.output
+    result = runner.invoke(app, ["rag", "search", "q", "--store-dir", str(tmp_path / "nowhere")], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "no dca store" in result.output
+    result = runner.invoke(app, ["rag", "ingest", str(tmp_path), "--chunk-tokens", "4"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "--chunk-tokens must be >= 16" in result.output
+
+
+@pytest.mark.slow
+def test_rag_commands_end_to_end_with_the_bundled_embedder(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "rivers.md").write_text("# Rivers\n\nThe Zorblax river flows through the city of Quenton.\n")
+    (docs / "bread.txt").write_text("Knead the rye dough for ten minutes and let it rise for one hour.\n")
+    (docs / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    store = str(tmp_path / "store")
+    env = {"COLUMNS": "250"}
+    result = runner.invoke(app, ["rag", "ingest", str(docs), "--store-dir", store], env=env)
+    assert result.exit_code == 1  # one file failed; the others are ingested
+    assert "latin1.txt" in result.output and "UTF-8" in result.output and "2 added" in result.output
+    result = runner.invoke(app, ["rag", "search", "Which city is on the Zorblax river?", "--store-dir", store, "-k", "1"], env=env)
+    assert result.exit_code == 0 and "rivers.md" in result.output and "bread.txt" not in result.output
+    result = runner.invoke(app, ["rag", "info", "--store-dir", store], env=env)
+    assert result.exit_code == 0 and "all-MiniLM-L6-v2 (384-d)" in result.output and "flat" in result.output
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384}
+    result = runner.invoke(app, ["rag", "remove", str(docs / "bread.txt"), "--store-dir", store], env=env)
+    assert result.exit_code == 0 and "removed 1 file" in result.output
+    result = runner.invoke(app, ["rag", "remove", str(docs / "bread.txt"), "--store-dir", store], env=env)
+    assert result.exit_code == 1 and "is in the store" in result.output
