@@ -22,15 +22,14 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from _common import default_data_dir, read_jsonl
+
 MODES = ("dense", "lexical", "hybrid")
 KS = (1, 5, 10)
 TARGET_MODE, TARGET_K, TARGET = "hybrid", 5, 0.90
 CORPUS = "squad_dev_corpus.jsonl"
 QA = "squad_dev_qa.jsonl"
 
-
-def default_data_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,16 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, default=None, help="write the figures to this JSON file")
     return p.parse_args(argv)
 
-
-def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit and len(rows) >= limit:
-                    break
-    return rows
 
 
 def gold_rank(doc_ids: list[str], gold: str) -> int | None:

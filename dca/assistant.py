@@ -103,7 +103,11 @@ class Source:
 
 @dataclass(frozen=True)
 class Stats:
-    """Timing (seconds) and token counts of one answer."""
+    """Timing (seconds) and token counts of one answer.
+
+    ``first_token_s`` runs from the call to the first generated piece (retrieval and prompt evaluation
+    included); ``tokens_per_s`` is the decode rate after it, thinking and answer tokens together.
+    """
 
     retrieval_s: float = 0.0
     first_token_s: float = 0.0
@@ -229,9 +233,10 @@ class Assistant:
         self.config = replace(config or AssistantConfig(), **overrides)
         if model is None or isinstance(model, (str, Path)):
             from .llm import LlamaCppLLM
-            from .models import resolve_model
+            from .models import BUNDLED_CHAT_MODEL, resolve_model
 
-            model = LlamaCppLLM(resolve_model(model), n_ctx=n_ctx)
+            path = resolve_model(model)
+            model = LlamaCppLLM(path, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL))
         self.llm: LLM = model
         if isinstance(store, (str, Path)):
             from .rag import open_store
@@ -345,7 +350,8 @@ class Assistant:
             retrieval_s=t_retrieved - t0, first_token_s=t_first - t0, total_s=t_end - t0,
             prompt_tokens=self.llm.count_tokens(prompt) - (n_think if thinking else 0),
             thinking_tokens=n_think, answer_tokens=n_answer,
-            tokens_per_s=(n_think + n_answer) / (t_end - t_first) if t_end > t_first else 0.0,
+            # decode rate: the first token's time belongs to prompt evaluation (first_token_s)
+            tokens_per_s=(n_think + n_answer - 1) / (t_end - t_first) if n_think + n_answer > 1 and t_end > t_first else 0.0,
         )
         answer = Answer(question, cited_text, thinking_text, sources, stats, cancelled=stop_now())
         if text:

@@ -66,9 +66,10 @@ class LlamaCppLLM:
     Args:
         model_path: the GGUF file.
         n_ctx: context window in tokens; 0 takes the model's own (may need much memory).
-        n_threads: CPU threads; None uses the physical cores (``os.cpu_count()``).
+        n_threads: CPU threads; None uses one per logical CPU (``os.cpu_count()``).
         n_gpu_layers: layers offloaded to a GPU build of llama.cpp; ``-1`` offloads all, 0 none.
         seed: sampling seed.
+        name: display name; None takes the GGUF's ``general.name``, else the file name.
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
@@ -76,7 +77,7 @@ class LlamaCppLLM:
     """
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, seed: int = 0):
+                 n_gpu_layers: int = 0, seed: int = 0, name: str | None = None):
         try:
             import llama_cpp
         except ImportError as e:
@@ -93,7 +94,7 @@ class LlamaCppLLM:
             raise ModelError(f"{self.path}: llama.cpp could not load this GGUF ({e}); the file may be corrupt, "
                              "truncated, or of an architecture this llama.cpp build does not know") from e
         meta = self.llama.metadata
-        self.name = meta.get("general.name") or self.path.stem
+        self.name = name or meta.get("general.name") or self.path.stem
         self.context_length = self.llama.n_ctx()
         self._template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
         self._bos = self._token_text(self.llama.token_bos())

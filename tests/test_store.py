@@ -251,6 +251,29 @@ def test_interrupted_ingest_keeps_finished_windows_and_resumes(tmp_path):
     assert snapshot(store) == snapshot(once)
 
 
+def test_one_large_file_is_embedded_in_windows_and_resumes_mid_file(tmp_path):
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"r{i}", "text": _para(f"rec{i}")}) + "\n" for i in range(10)))
+    emb = FailingEmbedder()
+    store = new_store(tmp_path, emb, window_chunks=3)
+    seen = []
+    emb.fail_on = 3  # two windows (6 chunks) embedded, then Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        store.ingest([corpus], progress=seen.append)
+    assert [p.chunks_done for p in seen] == [3, 6] and all(p.files_done == 0 for p in seen)
+    store.close()
+
+    store = Store.open(tmp_path / "store", HashEmbedder())
+    assert store.files() == [] and store.search(QUERY, k=1) == []  # the file is all-or-nothing
+    fresh = HashEmbedder()
+    report = Store.open(tmp_path / "store", fresh).ingest([corpus])
+    assert report.added == [str(corpus.resolve())]
+    assert fresh.texts_embedded == report.chunks_added == 4 and report.chunks_reused == 6
+    done = Store.open(tmp_path / "store", HashEmbedder())
+    assert done.info().chunks == 10
+    assert {h.doc_id for h in done.search(_para("rec7"), k=1, mode="lexical")} == {"r7"}
+
+
 @pytest.mark.parametrize("fresh_store", [False, True])
 def test_crash_between_commit_and_index_write_is_repaired_on_search(tmp_path, embedder, monkeypatch, fresh_store):
     corpus = write_corpus(tmp_path / "corpus", n=6, planted_at=-1)

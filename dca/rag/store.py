@@ -8,9 +8,11 @@ Store directory format, version 1 (``STORE_VERSION``):
     written atomically after every change.
 ``store.sqlite``
     the source of truth: tables ``meta``, ``files`` (path, sha256, size, documents, chunks),
-    ``chunks`` (file, source, title, text, start/end character offsets, content hash, float32 vector)
-    and the FTS5 table ``chunks_fts`` (Porter-stemmed lexical index, ranked by BM25). Each ingest
-    window is one transaction, so an interrupted ingest keeps every finished file and nothing else.
+    ``chunks`` (file, source, title, text, start/end character offsets, content hash, float32 vector),
+    ``pending`` (vectors of an unfinished ingest, by content hash) and the FTS5 table ``chunks_fts``
+    (Porter-stemmed lexical index, ranked by BM25). Each embedded window and each file replacement is
+    one transaction, so an interrupted ingest keeps every finished file, and the vectors of the
+    unfinished ones for the next run, and nothing half-written.
 ``index.faiss``
     the dense index (exact inner product, or HNSW from ``hnsw_threshold`` vectors on), derived from
     the vectors in SQLite; rebuilt when its generation lags the database's (after a crash).
@@ -67,6 +69,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     vector BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash);
+CREATE TABLE IF NOT EXISTS pending (hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter unicode61');
 """
 
@@ -79,7 +82,8 @@ class StoreConfig:
         chunk_tokens: chunk budget in approximate sub-word tokens (``--chunk-tokens``).
         overlap_tokens: tokens shared by consecutive chunks (``--overlap-tokens``).
         hnsw_threshold: from this many vectors on, the dense index is HNSW instead of exact.
-        window_chunks: chunks embedded per transaction; an interrupted ingest loses at most one window.
+        window_chunks: chunks embedded per transaction; an interrupted ingest loses at most one window
+            of embedding work.
     """
 
     chunk_tokens: int = 220
@@ -213,6 +217,8 @@ class Store:
         self._lock = threading.RLock()
         self._index = None
         manifest_path = self.path / MANIFEST
+        for stale in self.path.glob(".*.tmp-*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         if manifest_path.exists():
             self.manifest = self._read_manifest(manifest_path)
             self._check_embedder()
@@ -334,14 +340,16 @@ class Store:
 
         A file whose SHA-256 is unchanged is skipped; a changed file's chunks are replaced (chunks
         whose text is unchanged keep their stored vectors). A file that fails to load is reported in
-        ``errors`` and whatever the store held for it is kept. Files are committed in windows of
-        ``config.window_chunks`` chunks, so an interrupted ingest resumes where it stopped.
+        ``errors`` and whatever the store held for it is kept. New chunks are embedded in windows of
+        ``config.window_chunks`` whose vectors are committed at once, and each file is committed as soon
+        as all its vectors exist, so an interrupted ingest resumes where it stopped.
 
         Args:
             paths: files and directories (walked recursively for supported types).
-            progress: called after each committed window.
+            progress: called after each embedded window (``chunks_*`` count chunks to embed).
             cancel: polled between windows; when it returns True the ingest stops after the current
-                window and the report has ``cancelled=True``.
+                window, with ``cancelled=True`` in the report and the unfinished files left out of
+                ``added``/``updated``.
 
         Returns:
             the :class:`IngestReport`.
@@ -378,75 +386,93 @@ class Store:
             pending.append((path, sha, path.stat().st_size, docs, chunks))
             (report.updated if key in known else report.added).append(key)
 
-        chunks_total = sum(len(p[4]) for p in pending)
-        done_files = done_chunks = 0
-        window: list = []
-        changed = False
+        # New chunk texts are embedded in windows; each window's vectors are committed to the `pending`
+        # table at once, and a file's rows are replaced as soon as all its vectors exist. An interrupted
+        # ingest so loses at most one window of embedding work, however large its files.
+        items = [(p, [_text_hash(c.text) for _, c in p[4]]) for p in pending]
+        vectors = self._known_vectors({h for _, hashes in items for h in hashes})
+        todo: dict[str, str] = {}
+        for p, hashes in items:
+            for h, (_, c) in zip(hashes, p[4]):
+                if h not in vectors:
+                    todo.setdefault(h, c.text)
+        work = list(todo.items())
+        report.chunks_reused = sum(len(h) for _, h in items) - len(work)
+        committed = 0
         try:
-            for i, item in enumerate(pending):
-                window.append(item)
-                if sum(len(p[4]) for p in window) < self.config.window_chunks and i + 1 < len(pending):
-                    continue
-                added, reused = self._commit_window(window)
-                report.chunks_added += added
-                report.chunks_reused += reused
-                changed = True
-                done_files += len(window)
-                done_chunks += sum(len(p[4]) for p in window)
-                window = []
+            committed = self._commit_ready(items, vectors, committed)
+            for start in range(0, len(work), self.config.window_chunks):
+                part = work[start:start + self.config.window_chunks]
+                blobs = dict(zip((h for h, _ in part), self._embed([t for _, t in part])))
+                with self._lock, self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?)", blobs.items())
+                vectors.update(blobs)
+                report.chunks_added += len(part)
+                committed = self._commit_ready(items, vectors, committed)
                 if progress is not None:
-                    progress(IngestProgress(done_files, len(pending), done_chunks, chunks_total))
-                if cancel is not None and cancel() and i + 1 < len(pending):
+                    progress(IngestProgress(committed, len(items), start + len(part), len(work)))
+                if cancel is not None and start + len(part) < len(work) and cancel():
                     report.cancelled = True
-                    unfinished = {str(p[0]) for p in pending[i + 1:]}
-                    report.added = [f for f in report.added if f not in unfinished]
-                    report.updated = [f for f in report.updated if f not in unfinished]
                     break
+            if not report.cancelled:
+                with self._lock, self._db:
+                    self._db.execute("DELETE FROM pending")
         finally:
-            if changed:
+            if committed:
                 with self._lock:
                     self._rebuild_index()
+        unfinished = {str(p[0]) for p, _ in items[committed:]}
+        report.added = [f for f in report.added if f not in unfinished]
+        report.updated = [f for f in report.updated if f not in unfinished]
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _commit_window(self, window: list) -> tuple[int, int]:
-        """Embed the window's new chunks and replace its files' rows in one transaction."""
-        texts = [c.text for item in window for _, c in item[4]]
-        hashes = [_text_hash(t) for t in texts]
-        reuse: dict[str, bytes] = {}
+    def _known_vectors(self, hashes: set[str]) -> dict[str, bytes]:
+        """Vectors already stored (in chunks, or embedded by an interrupted ingest) for these text hashes."""
+        found: dict[str, bytes] = {}
+        wanted = list(hashes)
         with self._lock:
-            for start in range(0, len(hashes), 500):
-                part = hashes[start:start + 500]
-                q = f"SELECT hash, vector FROM chunks WHERE hash IN ({','.join('?' * len(part))})"
-                reuse.update(self._db.execute(q, part).fetchall())
-        todo = list(dict.fromkeys(h for h in hashes if h not in reuse))
-        if todo:
-            text_of = dict(zip(hashes, texts))
-            vecs = self.embedder.embed([text_of[h] for h in todo])
-            dim = self.manifest["embedder"]["dim"]
-            if dim is not None and vecs.shape[1] != dim:
-                raise StoreError(f"{self.path}: embedder returned {vecs.shape[1]}-d vectors, the store holds {dim}-d")
-            self.manifest["embedder"]["dim"] = int(vecs.shape[1])
-            reuse.update((h, v.tobytes()) for h, v in zip(todo, vecs.astype(np.float32)))
+            for table in ("chunks", "pending"):
+                for start in range(0, len(wanted), 500):
+                    part = wanted[start:start + 500]
+                    q = f"SELECT hash, vector FROM {table} WHERE hash IN ({','.join('?' * len(part))})"
+                    found.update(self._db.execute(q, part).fetchall())
+        return found
+
+    def _embed(self, texts: list[str]) -> list[bytes]:
+        vecs = self.embedder.embed(texts)
+        dim = self.manifest["embedder"]["dim"]
+        if dim is not None and vecs.shape[1] != dim:
+            raise StoreError(f"{self.path}: embedder returned {vecs.shape[1]}-d vectors, the store holds {dim}-d")
+        self.manifest["embedder"]["dim"] = int(vecs.shape[1])
+        return [v.tobytes() for v in np.asarray(vecs, dtype=np.float32)]
+
+    def _commit_ready(self, items: list, vectors: dict[str, bytes], committed: int) -> int:
+        """Replace, in one transaction, the rows of the files from ``committed`` on whose vectors all exist.
+
+        Returns:
+            the number of files of ``items`` committed so far.
+        """
+        ready = committed
+        while ready < len(items) and all(h in vectors for h in items[ready][1]):
+            ready += 1
+        if ready == committed:
+            return committed
         with self._lock, self._db:
-            hi = iter(hashes)
-            for path, sha, size, docs, chunks in window:
+            for (path, sha, size, docs, chunks), hashes in items[committed:ready]:
                 self._delete_file(str(path))
-                for doc, c in chunks:
-                    h = next(hi)
+                for (doc, c), h in zip(chunks, hashes):
                     cur = self._db.execute(
                         'INSERT INTO chunks (file, source, title, text, start, "end", hash, vector) '
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (str(path), doc.source, c.title, c.text, c.start, c.end, h, reuse[h]),
+                        (str(path), doc.source, c.title, c.text, c.start, c.end, h, vectors[h]),
                     )
                     self._db.execute("INSERT INTO chunks_fts (rowid, title, text) VALUES (?, ?, ?)",
                                      (cur.lastrowid, c.title, c.text))
-                self._db.execute(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                    (str(path), sha, size, len(docs), len(chunks), time.time()),
-                )
+                self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                                 (str(path), sha, size, len(docs), len(chunks), time.time()))
             self._bump_generation()
-        return len(todo), len(hashes) - len(todo)
+        return ready
 
     def _delete_file(self, path: str) -> None:
         self._db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file = ?)", (path,))

@@ -1,0 +1,23 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this is on sys.path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the repository (the project's data sets; never needed by users)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
+    """The first ``limit`` records of a JSONL file (all when 0), blank lines skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit and len(rows) >= limit:
+                    break
+    return rows
