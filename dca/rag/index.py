@@ -14,8 +14,9 @@ import numpy as np
 from ..errors import missing
 
 # HNSW parameters (Malkov & Yashunin 2018, "Efficient and robust approximate nearest neighbor search
-# using Hierarchical Navigable Small World graphs"); M=32 with efSearch=64 keeps recall@10 near 0.99
-# on sentence embeddings while search stays sub-millisecond at 100k vectors.
+# using Hierarchical Navigable Small World graphs"). Measured here: recall@10 against exact search 0.999
+# at efSearch=64 on 12k MiniLM embeddings of SQuAD text; uniformly random vectors, HNSW's worst case,
+# get far less (0.17 at 100k, benchmarks/speed.py), at under 1 ms a query.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
