@@ -163,13 +163,15 @@ def _content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) > 3 or w.isdigit()}
 
 
-def resolve_citations(text: str, sources: tuple[Source, ...], *, min_overlap: float = 0.6) -> tuple[str, tuple[Source, ...]]:
+def resolve_citations(text: str, sources: tuple[Source, ...], *, question: str = "",
+                      min_overlap: float = 0.6) -> tuple[str, tuple[Source, ...]]:
     """Mark the sources an answer cites; add markers for sentences that restate a passage uncited.
 
     Markers the model wrote (``[n]``, ``[n, m]``) count when ``n`` is a passage number. When the answer has
-    none, each sentence whose content words (longer than 3 letters, or numbers; at least 2) are at least
-    ``min_overlap`` contained in one passage gets that passage's marker: post-hoc attribution, as in
-    attribution evaluation of RAG answers (Rashkin et al. 2021, "Measuring Attribution in NLG").
+    none, each sentence whose new content words (longer than 3 letters, or numbers, and not in the
+    question; at least 2) are at least ``min_overlap`` contained in one passage gets that passage's
+    marker: post-hoc attribution, as in attribution evaluation of RAG answers (Rashkin et al. 2021,
+    "Measuring Attribution in Natural Language Generation Models").
 
     Returns:
         (text with markers, sources with ``cited``/``cited_by`` set).
@@ -177,10 +179,11 @@ def resolve_citations(text: str, sources: tuple[Source, ...], *, min_overlap: fl
     by_model = {int(n) for m in _MARKER.finditer(text) for n in m.group(1).split(",")} & {s.number for s in sources}
     by_attr: set[int] = set()
     if not by_model and sources and text.strip():
+        asked = _content_words(question)
         words = {s.number: _content_words(s.text) for s in sources}
         out = []
         for sentence in _SENTENCE_END.split(text.strip()):
-            sw = _content_words(sentence)
+            sw = _content_words(sentence) - asked  # restating the question proves nothing
             best, score = None, 0.0
             for number, pw in words.items():
                 overlap = len(sw & pw) / len(sw) if len(sw) >= 2 else 0.0
@@ -341,7 +344,7 @@ class Assistant:
         t_end = time.perf_counter()
 
         text = "".join(said).strip()
-        cited_text, sources = resolve_citations(text, sources)
+        cited_text, sources = resolve_citations(text, sources, question=question)
         thinking_text = "".join(thought).strip()
         n_think = self.llm.count_tokens(thinking_text) if thinking_text else 0
         n_answer = self.llm.count_tokens(text) if text else 0

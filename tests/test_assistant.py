@@ -74,6 +74,12 @@ def test_resolve_citations_model_markers_and_attribution():
     assert text == "The Zorblax river flows through Quenton [1]. I like bread."
     assert marked[0].cited_by == "attribution" and not marked[1].cited
     assert resolve_citations("Nothing relevant here at all.", sources)[1] == sources
+    # words taken from the question are not evidence: only "quenton" is new, too little to attribute
+    question = "Which city does the Zorblax river flows through?"
+    assert resolve_citations("The Zorblax river flows through Quenton.", sources, question=question)[1] == sources
+    text, marked = resolve_citations("It ends in the Quenton city of the river flowing.", sources,
+                                     question="Where does it end?")
+    assert marked[0].cited
 
 
 def test_stream_yields_typed_chunks_in_order_and_ask_is_the_loop(store, scripted_llm):
