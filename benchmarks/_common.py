@@ -21,3 +21,10 @@ def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
                 if limit and len(rows) >= limit:
                     break
     return rows
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write the figures to ``path`` (``--json-out``), if one was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

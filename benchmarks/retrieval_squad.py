@@ -14,7 +14,6 @@ needed by dca itself, only by this benchmark.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl
+from _common import default_data_dir, read_jsonl, write_json
 
 MODES = ("dense", "lexical", "hybrid")
 KS = (1, 5, 10)
@@ -177,9 +176,7 @@ def main(argv=None) -> int:
     print(f"{'PASS' if ok else 'FAIL'}: {TARGET_MODE} recall@{TARGET_K} = "
           f"{recall[TARGET_MODE][f'recall@{TARGET_K}']:.3f} (target >= {TARGET:.2f})")
 
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json_out, results)
     return 0
 
 

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -191,7 +191,7 @@ def resolve_citations(text: str, sources: tuple[Source, ...], *, question: str =
                     best, score = number, overlap
             if best is not None and score >= min_overlap:
                 by_attr.add(best)
-                sentence = re.sub(r"([.!?]?)$", lambda m: f" [{best}]{m.group(1)}", sentence, count=1)
+                sentence = re.sub(r"([.!?]?)$", rf" [{best}]\g<1>", sentence, count=1)
             out.append(sentence)
         text = " ".join(out)
     marked = tuple(

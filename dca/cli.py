@@ -96,16 +96,15 @@ def rag_ingest(
     chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Chunk budget in tokens (new stores) [default: 220]."),
     overlap_tokens: Optional[int] = typer.Option(None, "--overlap-tokens", help="Tokens shared by consecutive chunks (new stores) [default: 32]."),
     embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="A sentence-transformers directory (default: bundled all-MiniLM-L6-v2)."),
+    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of StoreConfig settings (flags override it)."),
 ):
     """Load, chunk, embed and index documents; unchanged files are skipped, changed ones replaced."""
-    from dataclasses import asdict
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from .config import load_config
     from .rag import Store, StoreConfig
 
-    overrides = {k: v for k, v in {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}.items() if v is not None}
-    config = StoreConfig(**{**asdict(StoreConfig()), **overrides})
+    config = load_config(StoreConfig, config_path, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
     store = Store.create(_store_dir(store_dir), _embedder(embedder_path), config)
     with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
@@ -230,16 +229,19 @@ def chat(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens [default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy [default: 0]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off [default: 1.1]."),
+    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of AssistantConfig settings (flags override it)."),
 ):
     """Chat with a local model, answering from a RAG store with citations [1], [2].
 
     In a session: /sources shows the passages of the last answer, /reset forgets the conversation, /exit quits.
     """
-    from .assistant import Assistant
+    from .assistant import Assistant, AssistantConfig
+    from .config import load_config
 
-    flags = {"think": think, "thinking_budget": thinking_budget, "top_k": k, "search_mode": mode,
-             "min_similarity": min_similarity, "max_tokens": max_tokens, "temperature": temperature, "repeat_penalty": repeat_penalty}
-    bot = Assistant(model=model, store=store_dir, **{key: v for key, v in flags.items() if v is not None})
+    config = load_config(AssistantConfig, config_path, think=think, thinking_budget=thinking_budget, top_k=k,
+                         search_mode=mode, min_similarity=min_similarity, max_tokens=max_tokens,
+                         temperature=temperature, repeat_penalty=repeat_penalty)
+    bot = Assistant(model=model, store=store_dir, config=config)
     if question is not None:
         _print_answer_stream(bot, question, show_thinking)
         return
@@ -283,7 +285,7 @@ def demo(model: Optional[str] = typer.Option(None, "-m", "--model", help="Model 
     corpus, store_dir = demo_paths()
     write_python_reference_corpus(corpus)
     out.print(f"[bold]1. Knowledge[/]: ingesting the Python language reference ({corpus}) into {store_dir}")
-    rag_ingest([corpus], store_dir=store_dir, chunk_tokens=None, overlap_tokens=None, embedder_path=None)
+    rag_ingest([corpus], store_dir=store_dir, chunk_tokens=None, overlap_tokens=None, embedder_path=None, config_path=None)
     from .assistant import Assistant
 
     bot = Assistant(model=model, store=store_dir)

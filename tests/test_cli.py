@@ -83,3 +83,35 @@ def test_rag_commands_end_to_end_with_the_bundled_embedder(tmp_path):
     assert result.exit_code == 0 and "removed 1 file" in result.output
     result = runner.invoke(app, ["rag", "remove", str(docs / "bread.txt"), "--store-dir", store], env=env)
     assert result.exit_code == 1 and "is in the store" in result.output
+
+
+def test_config_file_resolves_under_flags(tmp_path):
+    from dca.assistant import AssistantConfig
+    from dca.config import load_config
+    from dca.errors import ConfigError
+
+    cfg = tmp_path / "chat.yaml"
+    cfg.write_text("top_k: 2\ntemperature: 0.5\n")
+    c = load_config(AssistantConfig, cfg, temperature=0.1, think=None)
+    assert (c.top_k, c.temperature, c.max_tokens) == (2, 0.1, AssistantConfig().max_tokens)
+    cfg.write_text("top_k: 2\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*bogus"):
+        load_config(AssistantConfig, cfg)
+    cfg.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(AssistantConfig, cfg)
+    cfg.write_text("top_k: -3\n")
+    result = runner.invoke(app, ["chat", "hi", "-c", str(cfg)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "-k must be >= 0" in result.output
+
+
+@pytest.mark.slow
+def test_chat_session_commands_with_the_bundled_gguf():
+    script = "/sources\nSay hello.\n/sources\n/bogus\n/reset\n/exit\n"
+    result = runner.invoke(app, ["chat", "--max-tokens", "8"], input=script, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "smollm2-135m-instruct" in out and "Commands: /sources /reset /exit" in out
+    assert "no sources for the last answer" in out  # before any answer, and after one without a store
+    assert "unknown command /bogus" in out and "conversation reset" in out
+    assert "answer + 0 thinking tokens" in out

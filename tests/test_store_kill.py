@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HashEmbedder
-from dca.rag import Store, StoreConfig
+from dca.rag import Store
 
 CHILD = textwrap.dedent("""
     import sys, time

@@ -247,12 +247,12 @@ class Store:
             self._write_manifest()
 
     @classmethod
-    def open(cls, path: str | Path, embedder: Embedder, **kwargs) -> "Store":
+    def open(cls, path: str | Path, embedder: Embedder, **kwargs) -> Store:
         """Open the store at ``path`` (see the class for arguments and errors)."""
         return cls(path, embedder, **kwargs)
 
     @classmethod
-    def create(cls, path: str | Path, embedder: Embedder, config: StoreConfig | None = None) -> "Store":
+    def create(cls, path: str | Path, embedder: Embedder, config: StoreConfig | None = None) -> Store:
         """Open the store at ``path``, creating it if needed."""
         return cls(path, embedder, config=config, create=True)
 
