@@ -302,6 +302,11 @@ def test_crash_between_commit_and_index_write_is_repaired_on_search(tmp_path, em
     assert m["index"]["vectors"] == store.info().chunks == (1 if fresh_store else 6)
     assert m["embedder"]["dim"] == 64
 
+    # A damaged index file is rebuilt from the vectors in SQLite.
+    (store.path / "index.faiss").write_bytes(b"garbage")
+    store = Store.open(tmp_path / "store", embedder)
+    assert store.search(QUERY, k=1, mode="dense")[0].path == str(planted)
+
     # A deleted index file is rebuilt too.
     (store.path / "index.faiss").unlink()
     store = Store.open(tmp_path / "store", embedder)

@@ -320,11 +320,17 @@ class Store:
 
     def _dense_index(self):
         with self._lock:
+            if self._generation() == 0:
+                return None  # nothing ingested yet
             if self.manifest["index"]["generation"] != self._generation() or not (self.path / INDEX).exists():
                 log.warning("%s: dense index is stale (interrupted ingest?); rebuilding it", self.path)
                 self._rebuild_index()
             elif self._index is None:
-                self._index = vindex.read_index(self.path / INDEX)
+                try:
+                    self._index = vindex.read_index(self.path / INDEX)
+                except RuntimeError as e:  # faiss's error for a damaged file; the vectors are in SQLite
+                    log.warning("%s: unreadable dense index (%s); rebuilding it", self.path / INDEX, e)
+                    self._rebuild_index()
             return self._index
 
     # -- ingest -----------------------------------------------------------------------------------
