@@ -8,6 +8,7 @@ scaffold), then streams the answer; ``ask`` is a loop over ``stream``. Nothing h
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -32,6 +33,13 @@ SCAFFOLD_ANSWER = "\n\nFinal answer:"
 
 ChunkKind = Literal["sources", "thinking", "answer", "done"]
 
+# Test-time compute presets: more samples to vote over, and a larger thinking budget.
+EFFORT_PRESETS: dict[str, dict] = {
+    "low": {"samples": 1, "thinking_budget": 128},
+    "medium": {"samples": 4, "thinking_budget": 512},
+    "high": {"samples": 8, "thinking_budget": 1024},
+}
+
 
 @dataclass
 class AssistantConfig:
@@ -51,6 +59,15 @@ class AssistantConfig:
             (``--repeat-penalty``; llama.cpp's and Ollama's classic default 1.1).
         history_turns: earlier question/answer pairs kept in the prompt.
         system_prompt: the system message.
+        effort: a preset of the knobs below, ``low``, ``medium`` or ``high`` (``--effort``; see
+            :data:`EFFORT_PRESETS`); it overrides ``samples`` and ``thinking_budget``.
+        samples: k; with k > 1 the answer is chosen by self-consistency over k sampled answers (``--samples``).
+        vote: ``majority`` (Wang et al. 2022, "Self-Consistency Improves Chain of Thought Reasoning") or
+            ``logprob`` (clusters weighted by the sum of exp(mean token log-probability) of their samples).
+        sample_temperature: temperature of the k samples.
+        min_thinking_tokens: budget forcing (Muennighoff et al. 2025, "s1"): when the model ends its
+            thinking earlier, "Wait" is appended and it thinks on, up to ``thinking_budget``.
+        seed: seed of the sampling RNG.
     """
 
     top_k: int = 4
@@ -63,6 +80,12 @@ class AssistantConfig:
     repeat_penalty: float = 1.1
     history_turns: int = 4
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    effort: str | None = None
+    samples: int = 1
+    vote: str = "majority"
+    sample_temperature: float = 0.7
+    min_thinking_tokens: int = 0
+    seed: int = 0
 
     def __post_init__(self):
         if self.top_k < 0:
@@ -75,6 +98,14 @@ class AssistantConfig:
             raise ConfigError("--thinking-budget and --max-tokens must be >= 1")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.effort is not None and self.effort not in EFFORT_PRESETS:
+            raise ConfigError(f"--effort must be one of {', '.join(EFFORT_PRESETS)}, got {self.effort!r}")
+        if not 1 <= self.samples <= 64:
+            raise ConfigError(f"--samples must be in 1..64, got {self.samples}")
+        if self.vote not in ("majority", "logprob"):
+            raise ConfigError(f"--vote must be majority or logprob, got {self.vote!r}")
+        if self.min_thinking_tokens < 0:
+            raise ConfigError(f"--min-thinking-tokens must be >= 0, got {self.min_thinking_tokens}")
         if self.repeat_penalty <= 0:
             raise ConfigError(f"--repeat-penalty must be > 0, got {self.repeat_penalty}")
 
@@ -106,7 +137,9 @@ class Stats:
     """Timing (seconds) and token counts of one answer.
 
     ``first_token_s`` runs from the call to the first generated piece (retrieval and prompt evaluation
-    included); ``tokens_per_s`` is the decode rate after it, thinking and answer tokens together.
+    included); ``tokens_per_s`` is the decode rate after it, thinking and answer tokens together. With
+    k > 1 samples, ``thinking_tokens``/``answer_tokens`` are the chosen sample's, ``generated_tokens`` the
+    total over all ``samples``, and ``tokens_per_s`` that total over the sampling time.
     """
 
     retrieval_s: float = 0.0
@@ -116,6 +149,62 @@ class Stats:
     thinking_tokens: int = 0
     answer_tokens: int = 0
     tokens_per_s: float = 0.0
+    samples: int = 1
+    generated_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One of k sampled answers (self-consistency).
+
+    Attributes:
+        text: the answer part, after any thinking.
+        thinking: the thinking part ("" when none).
+        answer: the final answer extracted by :func:`dca.reasoning.extract_answer`, or None.
+        mean_logprob: mean natural-log token probability of the whole completion.
+        tokens: tokens generated.
+    """
+
+    text: str
+    thinking: str
+    answer: str | None
+    mean_logprob: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A cluster of equivalent extracted answers: its representative, size and summed confidence."""
+
+    answer: str
+    count: int
+    weight: float
+
+
+def vote(samples: tuple[Sample, ...], *, weighted: bool = False) -> tuple[Vote, ...]:
+    """Cluster the samples' extracted answers by :func:`dca.reasoning.is_equivalent` and rank the clusters.
+
+    Majority voting ranks by count, then summed weight (Wang et al. 2022); weighted voting ranks by the sum
+    of exp(mean token log-probability), then count. Samples without an extracted answer do not vote.
+
+    Returns:
+        the votes, best first (empty when no sample has an answer).
+    """
+    from .reasoning import is_equivalent
+
+    clusters: list[list] = []  # [representative, count, weight]
+    for s in samples:
+        if s.answer is None:
+            continue
+        for c in clusters:
+            if is_equivalent(s.answer, c[0]):
+                c[1] += 1
+                c[2] += math.exp(s.mean_logprob)
+                break
+        else:
+            clusters.append([s.answer, 1, math.exp(s.mean_logprob)])
+    key = (lambda c: (c[2], c[1])) if weighted else (lambda c: (c[1], c[2]))
+    return tuple(Vote(a, n, w) for a, n, w in sorted(clusters, key=key, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -128,6 +217,8 @@ class Answer:
         sources: the passages given to the model, numbered; ``cited`` marks those the answer cites.
         stats: timing and token counts.
         cancelled: generation stopped through the cancel hook.
+        samples: the k sampled answers when k > 1, else empty.
+        votes: the vote over ``samples``, best first; ``text`` is a sample of ``votes[0]``.
     """
 
     question: str
@@ -136,6 +227,8 @@ class Answer:
     sources: tuple[Source, ...]
     stats: Stats
     cancelled: bool = False
+    samples: tuple[Sample, ...] = ()
+    votes: tuple[Vote, ...] = ()
 
     @property
     def citations(self) -> tuple[Source, ...]:
@@ -293,18 +386,43 @@ class Assistant:
                     f"--max-tokens + --thinking-budget = {reserve}; lower them or shorten the question"
                 )
 
-    def stream(self, question: str, *, cancel: Callable[[], bool] | None = None) -> Iterator[StreamChunk]:
+    def _resolve(self, effort: str | None) -> AssistantConfig:
+        cfg = self.config if effort is None else replace(self.config, effort=effort)
+        return replace(cfg, **EFFORT_PRESETS[cfg.effort]) if cfg.effort else cfg
+
+    def _split(self, completion: str, thinking: bool) -> tuple[str, str]:
+        """(thinking, answer) of a sampled completion that began inside the thinking phase."""
+        if not thinking:
+            return "", completion.strip()
+        marker = self.llm.think_tags[1] if self.llm.think_tags else SCAFFOLD_ANSWER.strip()
+        if marker in completion:
+            head, tail = completion.split(marker, 1)
+            return head.strip(), tail.strip()
+        # no end of thinking: a tagged model was cut off (no answer); a scaffolded one answered in its reasoning
+        return (completion.strip(), "") if self.llm.think_tags else ("", completion.strip())
+
+    def stream(self, question: str, *, effort: str | None = None,
+               cancel: Callable[[], bool] | None = None) -> Iterator[StreamChunk]:
         """Answer ``question``, yielding :class:`StreamChunk` items as they are produced.
+
+        With k = 1 sample the answer is decoded greedily (``temperature``) and streamed token by token.
+        With k > 1 (``samples`` or ``effort``), k completions are sampled in parallel from one prompt
+        evaluation, their final answers are voted on (self-consistency), and the chosen sample is yielded
+        whole.
 
         Args:
             question: the user's message.
+            effort: ``low``, ``medium`` or ``high`` for this question (see :data:`EFFORT_PRESETS`).
             cancel: polled after every token; True stops generation (as does :meth:`cancel`).
 
         Yields:
             one ``sources`` chunk, ``thinking`` pieces (when thinking), ``answer`` pieces, and a final
             ``done`` chunk whose ``answer`` is the complete :class:`Answer`.
+
+        Raises:
+            ConfigError: unknown effort.
         """
-        cfg = self.config
+        cfg = self._resolve(effort)
         self._cancel.clear()
         stop_now = (lambda: self._cancel.is_set() or cancel()) if cancel else self._cancel.is_set
         t0 = time.perf_counter()
@@ -325,22 +443,56 @@ class Assistant:
                 sink.append(piece)
                 yield StreamChunk(kind, text=piece)
 
+        tags = self.llm.think_tags
+        open_, close = (tags[0] + "\n", "\n" + tags[1] + "\n\n") if tags else (SCAFFOLD_THINK, SCAFFOLD_ANSWER)
+        if thinking and not prompt.rstrip().endswith(open_.strip()):
+            prompt += open_
+        elif not thinking and tags:
+            prompt += f"{tags[0]}\n\n{tags[1]}\n\n"  # an empty think block: no thinking
+        no_passages = ("<passage", "</passage")  # a small model may go on to write passages of its own
         thought: list[str] = []
-        if thinking:
-            tags = self.llm.think_tags
-            open_, close = (tags[0] + "\n", "\n" + tags[1] + "\n\n") if tags else (SCAFFOLD_THINK, SCAFFOLD_ANSWER)
-            stop = (tags[1],) if tags else (SCAFFOLD_ANSWER.strip(),)
-            if not prompt.rstrip().endswith(open_.strip()):
-                prompt += open_
-            yield from pieces(prompt, cfg.thinking_budget, stop, "thinking", thought)
-            # Budget forcing: whether the model closed its thinking or ran out of budget, close it here.
-            prompt += "".join(thought).rstrip() + close
-        elif self.llm.think_tags:
-            prompt += f"{self.llm.think_tags[0]}\n\n{self.llm.think_tags[1]}\n\n"  # an empty think block: no thinking
         said: list[str] = []
-        if not stop_now():
-            # A small model may go on to write passages of its own: stop there.
-            yield from pieces(prompt, cfg.max_tokens, ("<passage", "</passage"), "answer", said)
+        samples: tuple[Sample, ...] = ()
+        votes: tuple[Vote, ...] = ()
+        if cfg.samples > 1:
+            from .reasoning import extract_answer
+
+            completions = self.llm.sample(prompt, n=cfg.samples, max_tokens=reserve, temperature=cfg.sample_temperature,
+                                          stop=no_passages, seed=cfg.seed, cancel=stop_now)
+            first.append(time.perf_counter())
+            parts = [self._split(c.text, thinking) for c in completions]
+            samples = tuple(Sample(a, t, extract_answer(a) if a else None, c.mean_logprob, c.tokens)
+                            for (t, a), c in zip(parts, completions))
+            votes = vote(samples, weighted=cfg.vote == "logprob")
+            if votes:
+                from .reasoning import is_equivalent
+
+                pool = [x for x in samples if x.answer is not None and is_equivalent(x.answer, votes[0].answer)]
+            else:
+                pool = list(samples)
+            pick = max(pool, key=lambda x: x.mean_logprob)
+            thought, said = [pick.thinking] if pick.thinking else [], [pick.text]
+            if pick.thinking:
+                yield StreamChunk("thinking", text=pick.thinking)
+            yield StreamChunk("answer", text=pick.text)
+        else:
+            if thinking:
+                stop = (tags[1],) if tags else (SCAFFOLD_ANSWER.strip(),)
+                yield from pieces(prompt, cfg.thinking_budget, stop, "thinking", thought)
+                used = self.llm.count_tokens("".join(thought))
+                # Budget forcing (s1): thinking that ends before the minimum is continued after "Wait".
+                while used < min(cfg.min_thinking_tokens, cfg.thinking_budget) and not stop_now():
+                    before = len(thought)
+                    thought.append("\nWait")
+                    yield StreamChunk("thinking", text="\nWait")
+                    yield from pieces(prompt + "".join(thought), cfg.thinking_budget - used, stop, "thinking", thought)
+                    if len(thought) == before + 1:
+                        break
+                    used = self.llm.count_tokens("".join(thought))
+                # Whether the model closed its thinking or ran out of budget, close it here.
+                prompt += "".join(thought).rstrip() + close
+            if not stop_now():
+                yield from pieces(prompt, cfg.max_tokens, no_passages, "answer", said)
         t_end = time.perf_counter()
 
         text = "".join(said).strip()
@@ -349,22 +501,27 @@ class Assistant:
         n_think = self.llm.count_tokens(thinking_text) if thinking_text else 0
         n_answer = self.llm.count_tokens(text) if text else 0
         t_first = first[0] if first else t_end
+        generated = sum(x.tokens for x in samples) if samples else n_think + n_answer
+        if samples:
+            rate = generated / (t_first - t_retrieved) if t_first > t_retrieved else 0.0
+        else:  # decode rate: the first token's time belongs to prompt evaluation (first_token_s)
+            rate = (generated - 1) / (t_end - t_first) if generated > 1 and t_end > t_first else 0.0
         stats = Stats(
             retrieval_s=t_retrieved - t0, first_token_s=t_first - t0, total_s=t_end - t0,
-            prompt_tokens=self.llm.count_tokens(prompt) - (n_think if thinking else 0),
-            thinking_tokens=n_think, answer_tokens=n_answer,
-            # decode rate: the first token's time belongs to prompt evaluation (first_token_s)
-            tokens_per_s=(n_think + n_answer - 1) / (t_end - t_first) if n_think + n_answer > 1 and t_end > t_first else 0.0,
+            prompt_tokens=self.llm.count_tokens(prompt) - (n_think if thinking and not samples else 0),
+            thinking_tokens=n_think, answer_tokens=n_answer, tokens_per_s=rate,
+            samples=max(len(samples), 1), generated_tokens=generated,
         )
-        answer = Answer(question, cited_text, thinking_text, sources, stats, cancelled=stop_now())
+        answer = Answer(question, cited_text, thinking_text, sources, stats, cancelled=stop_now(),
+                        samples=samples, votes=votes)
         if text:
             self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
         yield StreamChunk("done", text=cited_text, sources=sources, answer=answer)
 
-    def ask(self, question: str, *, cancel: Callable[[], bool] | None = None) -> Answer:
+    def ask(self, question: str, *, effort: str | None = None, cancel: Callable[[], bool] | None = None) -> Answer:
         """Answer ``question`` (a loop over :meth:`stream`); see there for the arguments."""
         answer = None
-        for chunk in self.stream(question, cancel=cancel):
+        for chunk in self.stream(question, effort=effort, cancel=cancel):
             if chunk.kind == "done":
                 answer = chunk.answer
         assert answer is not None

@@ -93,8 +93,8 @@ def models_add(name: str = typer.Argument(..., help="Name to use with -m/--model
 def rag_ingest(
     paths: List[Path] = typer.Argument(..., help="Files or directories (.txt .md .html .pdf .jsonl)."),
     store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help=STORE_DIR_HELP),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Chunk budget in tokens (new stores) [default: 220]."),
-    overlap_tokens: Optional[int] = typer.Option(None, "--overlap-tokens", help="Tokens shared by consecutive chunks (new stores) [default: 32]."),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Chunk budget in tokens (new stores) \\[default: 220]."),
+    overlap_tokens: Optional[int] = typer.Option(None, "--overlap-tokens", help="Tokens shared by consecutive chunks (new stores) \\[default: 32]."),
     embedder_path: Optional[Path] = typer.Option(None, "--embedder", help="A sentence-transformers directory (default: bundled all-MiniLM-L6-v2)."),
     config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of StoreConfig settings (flags override it)."),
 ):
@@ -201,6 +201,9 @@ def _print_answer_stream(bot, question: str, show_thinking: bool):
         if added:
             out.print(f"[dim](citations added by attribution: {', '.join(f'[{n}]' for n in sorted(added))})[/]", markup=True)
         _print_sources(answer, cited_only=True)
+        if answer.votes:
+            tally = ", ".join(f"{v.answer} x{v.count}" for v in answer.votes)
+            out.print(f"[dim]votes over {answer.stats.samples} samples: {tally}[/]", markup=True)
         st = answer.stats
         out.print(f"[dim]{st.answer_tokens} answer + {st.thinking_tokens} thinking tokens, {st.tokens_per_s:.1f} tok/s, "
                   f"first token {st.first_token_s:.2f}s, total {st.total_s:.2f}s[/]")
@@ -218,17 +221,21 @@ def _print_sources(answer, cited_only: bool):
 @_handles_errors
 def chat(
     question: Optional[str] = typer.Argument(None, help="Ask one question and exit; without it, start a chat session."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name (see: dca models) or GGUF path [default: bundled smollm2-135m-instruct]."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name (see: dca models) or GGUF path \\[default: bundled smollm2-135m-instruct]."),
     store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from (none: no retrieval)."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Think before answering [default: only models with their own think tags]."),
-    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Most thinking tokens [default: 256]."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Think before answering \\[default: only models with their own think tags]."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Most thinking tokens \\[default: 256]."),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking (hidden by default)."),
-    k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question [default: 4]."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="Retrieval: hybrid | dense | lexical [default: hybrid]."),
-    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Drop passages below this cosine [default: 0.2]."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens [default: 256]."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy [default: 0]."),
-    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off [default: 1.1]."),
+    k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Retrieval: hybrid | dense | lexical \\[default: hybrid]."),
+    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Drop passages below this cosine \\[default: 0.2]."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: 0]."),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off \\[default: 1.1]."),
+    effort: Optional[str] = typer.Option(None, "--effort", help="Test-time compute: low | medium | high (samples to vote over, thinking budget)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Sample k answers and return the majority (self-consistency) \\[default: 1]."),
+    vote: Optional[str] = typer.Option(None, "--vote", help="majority | logprob (weighted by mean token log-probability) \\[default: majority]."),
+    min_thinking_tokens: Optional[int] = typer.Option(None, "--min-thinking-tokens", help="Budget forcing: append 'Wait' when thinking ends earlier \\[default: 0]."),
     config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of AssistantConfig settings (flags override it)."),
 ):
     """Chat with a local model, answering from a RAG store with citations [1], [2].
@@ -240,7 +247,8 @@ def chat(
 
     config = load_config(AssistantConfig, config_path, think=think, thinking_budget=thinking_budget, top_k=k,
                          search_mode=mode, min_similarity=min_similarity, max_tokens=max_tokens,
-                         temperature=temperature, repeat_penalty=repeat_penalty)
+                         temperature=temperature, repeat_penalty=repeat_penalty, effort=effort, samples=samples,
+                         vote=vote, min_thinking_tokens=min_thinking_tokens)
     bot = Assistant(model=model, store=store_dir, config=config)
     if question is not None:
         _print_answer_stream(bot, question, show_thinking)
@@ -277,7 +285,7 @@ def chat(
 
 @app.command()
 @_handles_errors
-def demo(model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name or GGUF path [default: bundled]."),
+def demo(model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name or GGUF path \\[default: bundled]."),
          question: Optional[List[str]] = typer.Option(None, "-q", "--question", help="Ask these instead of the demo questions.")):
     """The main job on bundled defaults: ingest the Python language reference, then answer questions with citations."""
     from .demo import DEMO_QUESTIONS, demo_paths, write_python_reference_corpus
@@ -296,9 +304,115 @@ def demo(model: Optional[str] = typer.Option(None, "-m", "--model", help="Model 
         _print_answer_stream(bot, q, show_thinking=False)
 
 
+# -- eval ---------------------------------------------------------------------------------------------
+
+eval_app = typer.Typer(no_args_is_help=True)  # its help is eval_run's docstring
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+@_handles_errors
+def eval_run(
+    ctx: typer.Context,
+    task: Optional[str] = typer.Option(None, "--task", help="gsm8k | math | qa."),
+    data: Optional[Path] = typer.Option(None, "--data", help="JSONL items: GSM8K (question, answer ending '#### N'), MATH-500 (problem, solution, answer) or SQuAD (question, answers/answers_all, gold_paragraph_id)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N valid items \\[default: all]."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name or GGUF path \\[default: bundled smollm2-135m-instruct]."),
+    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from; for qa also recall@k of the gold paragraph \\[default: none, closed-book]."),
+    effort: Optional[str] = typer.Option(None, "--effort", help="Test-time compute: low | medium | high."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="k answers per item; k > 1 adds maj@k and pass@k \\[default: 1]."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory \\[default: ./eval-TASK-YYYYmmdd-HHMMSS]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in -o/--out-dir (same settings only)."),
+    force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Think before answering \\[default: only models with think tags]."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Most thinking tokens \\[default: 256]."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: the assistant's]."),
+    k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
+):
+    """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
+
+    Writes report.json, report.md, predictions.jsonl and config.json to the run directory. gsm8k and math ask for step-by-step reasoning and a final \\boxed{} answer, scored by equivalence with the
+    gold answer; qa asks for a short phrase, scored by SQuAD exact match and F1. Accuracies come with 95% Wilson
+    intervals. An interrupted run continues with --resume -o DIR. Compare two runs with: dca eval compare A B
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if task is None or data is None:
+        err.print("[bold red]error:[/] --task and --data are required (see: dca eval --help)")
+        raise typer.Exit(2)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .eval import EvalConfig, run_eval
+
+    given = {"limit": limit, "model": model, "store_dir": store_dir, "effort": effort, "samples": samples,
+             "out_dir": out_dir, "think": think, "thinking_budget": thinking_budget, "max_tokens": max_tokens,
+             "temperature": temperature, "top_k": k}
+    cfg = EvalConfig(task=task, data=data, resume=resume, force=force, **{n: v for n, v in given.items() if v is not None})
+    err.print(f"[dim]run directory: {cfg.out_dir}[/]")
+    bar = Progress(TextColumn(cfg.task), BarColumn(), MofNCompleteColumn(), TextColumn("accuracy {task.fields[acc]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    bar_task = bar.add_task(cfg.task, total=None, acc="-")
+
+    def progress(done: int, total: int, accuracy):
+        bar.start()  # on the first call, once the settings and run directory are checked
+        bar.update(bar_task, completed=done, total=total, acc="-" if accuracy is None else f"{accuracy:.1%}")
+
+    try:
+        report = run_eval(cfg, progress=progress)
+    except KeyboardInterrupt:
+        bar.stop()
+        err.print(f"[yellow]interrupted[/]: finished items are kept; continue with the same flags and --resume -o {cfg.out_dir}")
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    for s in report.skipped:
+        err.print(f"[yellow]skipped[/] {cfg.data} line {s.line}: {s.reason}")
+    table = Table("metric", "value", "95% interval", "n")
+    for m in report.metrics.values():
+        table.add_row(m.name, f"{m.value:.1%}", f"[{m.low:.1%}, {m.high:.1%}]", str(m.n))
+    out.print(table)
+    out.print(f"{report.items} items, k = {report.samples}: {report.mean_thinking_tokens:.1f} thinking + "
+              f"{report.mean_answer_tokens:.1f} answer tokens per item ({report.mean_generated_tokens:.1f} generated), "
+              f"{report.tokens_per_s:.1f} tok/s, {report.wall_s:.1f}s")
+    out.print(f"wrote {cfg.out_dir}: report.json report.md predictions.jsonl config.json")
+
+
+@eval_app.command("compare")
+@_handles_errors
+def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or its directory)."),
+                 b: Path = typer.Argument(..., help="report.json of run B (or its directory).")):
+    """Print each metric of runs A and B, the difference B - A with a 95% interval, and whether it is significant.
+
+    The interval is a paired bootstrap over items (2,000 resamples, fixed seed) when both predictions.jsonl files
+    are beside the reports; otherwise an unpaired Newcombe (Wilson) interval.
+    """
+    from .eval import compare_reports
+
+    c = compare_reports(a, b)
+    metrics = set(c.a.metrics) | set(c.b.metrics)
+    table = Table("metric", "A", "B", "B - A", "95% interval", "significant", "method")
+
+    def fmt(v, pct: bool, sign: str = "") -> str:
+        return "-" if v is None else (f"{v:{sign}.1%}" if pct else f"{v:{sign}.1f}")
+
+    for r in c.rows:
+        pct = r.name in metrics
+        interval = "" if r.low is None else f"[{fmt(r.low, pct, '+')}, {fmt(r.high, pct, '+')}]"
+        significant = "" if r.significant is None else ("yes" if r.significant else "no")
+        table.add_row(r.name, fmt(r.a, pct), fmt(r.b, pct), fmt(r.diff, pct, "+"), interval, significant, r.method or "")
+    out.print(f"A: {a}\nB: {b}")
+    out.print(table)
+    for note in c.notes:
+        out.print(f"[dim]note: {note}[/]")
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # dca calls math-verify without its signal-based timeout (it must work off the main thread); its
+    # warning about that on every comparison is noise for the user.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     # The CLI owns the terminal: no progress bars or info chatter from Hugging Face libraries.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

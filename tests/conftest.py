@@ -60,12 +60,23 @@ class ScriptedLLM:
     Tokens are whitespace-separated words. Every prompt it was given is kept in ``prompts``.
     """
 
-    def __init__(self, respond: Callable[[str], str] | str = "ok", *, think_tags=None, context_length: int = 4096):
+    def __init__(self, respond: Callable[[str], str] | str = "ok", *, think_tags=None, context_length: int = 4096,
+                 sampled: Sequence[tuple[str, float]] = ()):
         self.respond = respond if callable(respond) else (lambda prompt, _r=respond: _r)
         self.think_tags = think_tags
         self.context_length = context_length
         self.name = "scripted"
         self.prompts: list[str] = []
+        self.sampled = list(sampled)  # (text, mean_logprob) returned by sample(), cycled
+        self.sample_calls: list[dict] = []
+
+    def sample(self, prompt, *, n, max_tokens, temperature=0.7, stop=(), seed=0, cancel=None):
+        from dca.sampling import Completion
+
+        self.prompts.append(prompt)
+        self.sample_calls.append({"n": n, "max_tokens": max_tokens, "temperature": temperature, "seed": seed})
+        outs = self.sampled or [(self.respond(prompt), -1.0)]
+        return [Completion(t, len(t.split()), lp, "stop") for t, lp in (outs[i % len(outs)] for i in range(n))]
 
     def render(self, messages) -> str:
         return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"

@@ -179,3 +179,77 @@ def test_prompt_is_trimmed_to_fit_the_context(store, scripted_llm):
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError, match=flag):
         AssistantConfig(**{field: value})
+
+
+# -- test-time compute ---------------------------------------------------------------------------------
+
+from dca.assistant import EFFORT_PRESETS, Sample, vote  # noqa: E402
+
+
+def test_vote_clusters_equivalent_answers_and_ranks_them():
+    s = lambda a, lp: Sample("", "", a, lp, 1)  # noqa: E731
+    samples = (s("1/2", -2.0), s("0.5", -2.0), s("\\frac{1}{2}", -2.0), s("7", -0.01), s("7", -0.01), s(None, 0.0))
+    majority = vote(samples)
+    assert [(v.count, round(v.weight, 3)) for v in majority] == [(3, 0.406), (2, 1.98)]
+    assert majority[0].answer == "1/2"
+    weighted = vote(samples, weighted=True)
+    assert weighted[0].answer == "7" and weighted[0].count == 2
+    assert vote((s(None, 0.0),)) == ()
+
+
+def test_self_consistency_picks_the_majority_answer(scripted_llm):
+    llm = scripted_llm(sampled=[("6 times 7 is 42. The answer is 42.", -0.5), ("So \\boxed{41}", -0.1),
+                                ("It is 42.0 in all.", -0.9), ("#### 42", -0.4)])
+    bot = Assistant(llm, None, samples=4, sample_temperature=0.8, seed=3)
+    chunks = list(bot.stream("What is six times seven?"))
+    assert [c.kind for c in chunks] == ["sources", "answer", "done"]
+    answer = chunks[-1].answer
+    assert [x.answer for x in answer.samples] == ["42", "41", "42.0", "42"]
+    assert answer.votes[0].count == 3 and answer.votes[0].answer == "42"
+    assert answer.text == "#### 42"  # the most confident sample of the winning cluster
+    assert llm.sample_calls == [{"n": 4, "max_tokens": 256, "temperature": 0.8, "seed": 3}]
+    assert answer.stats.samples == 4 and answer.stats.generated_tokens == sum(x.tokens for x in answer.samples)
+    # weighted by confidence, the single confident "41" loses to three less confident "42"s only by count
+    logprob = Assistant(llm, None, samples=4, vote="logprob").ask("q")
+    assert logprob.votes[0].answer == "42" and logprob.votes[0].weight > logprob.votes[1].weight
+
+
+def test_effort_presets_set_samples_and_budget(scripted_llm):
+    llm = scripted_llm(sampled=[("#### 1", -0.1)], think_tags=("<think>", "</think>"))
+    bot = Assistant(llm, None)
+    bot.ask("q", effort="high")
+    high = EFFORT_PRESETS["high"]
+    assert llm.sample_calls[-1]["n"] == high["samples"]
+    assert llm.sample_calls[-1]["max_tokens"] == bot.config.max_tokens + high["thinking_budget"] + 8
+    assert llm.prompts[-1].endswith("<think>\n")  # sampled completions think inside the tags
+    n_before = len(llm.sample_calls)
+    bot.ask("q", effort="low")  # one sample: greedy streaming, no sampling
+    assert len(llm.sample_calls) == n_before
+    with pytest.raises(ConfigError, match="--effort"):
+        bot.ask("q", effort="extreme")
+
+
+def test_sampled_thinking_is_split_from_the_answer(scripted_llm):
+    llm = scripted_llm(sampled=[("two plus two </think> The answer is 4.", -0.2), ("still thinking", -0.1)],
+                       think_tags=("<think>", "</think>"))
+    answer = Assistant(llm, None, samples=2).ask("2+2?")
+    assert [(x.thinking, x.text, x.answer) for x in answer.samples] == [
+        ("two plus two", "The answer is 4.", "4"), ("still thinking", "", None)]  # cut off: no vote
+    assert answer.text == "The answer is 4." and answer.thinking == "two plus two"
+
+
+def test_budget_forcing_appends_wait_until_the_minimum(scripted_llm):
+    calls = []
+
+    def respond(prompt):
+        calls.append(prompt)
+        if prompt.endswith("<think>\n"):
+            return "short thought </think>"
+        if prompt.endswith("Wait"):
+            return ", more thought </think>"
+        return "done"
+
+    llm = scripted_llm(respond, think_tags=("<think>", "</think>"))
+    answer = Assistant(llm, None, min_thinking_tokens=5, thinking_budget=50).ask("q")
+    assert answer.thinking == "short thought \nWait, more thought"
+    assert answer.text == "done" and len(calls) == 3

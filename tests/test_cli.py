@@ -115,3 +115,13 @@ def test_chat_session_commands_with_the_bundled_gguf():
     assert "no sources for the last answer" in out  # before any answer, and after one without a store
     assert "unknown command /bogus" in out and "conversation reset" in out
     assert "answer + 0 thinking tokens" in out
+
+
+@pytest.mark.slow
+def test_chat_self_consistency_reports_the_votes():
+    result = runner.invoke(app, ["chat", "What is 12 plus 30? Answer with a number.", "--samples", "3",
+                                 "--max-tokens", "24"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "votes over 3 samples:" in result.output
+    result = runner.invoke(app, ["chat", "hi", "--effort", "extreme"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "--effort must be one of low, medium, high" in result.output

@@ -1,0 +1,142 @@
+"""Compare two evaluation runs: each metric's difference B - A with a 95% interval and a significance call."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .harness import PREDICTIONS, read_predictions
+from .report import MEAN_METRICS, EvalReport, load_report
+from .stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    Z95,
+    newcombe_interval,
+    paired_bootstrap,
+)
+
+# Compute fields compared without an interval (one number per run, no per-item spread kept in the report).
+COMPUTE_FIELDS = ("mean_thinking_tokens", "mean_answer_tokens", "mean_generated_tokens", "tokens_per_s", "wall_s")
+
+
+@dataclass(frozen=True)
+class MetricDiff:
+    """One row of a :class:`Comparison`.
+
+    Attributes:
+        name: the metric (``accuracy``, ``em``, ``maj@k``, ...) or compute field (``mean_answer_tokens``, ...).
+        a, b: its value in each run; None when the run does not have it.
+        diff: b - a (for a paired metric: the mean per-item difference over the paired items).
+        low, high: the 95% interval of ``diff``; None for compute fields and one-sided metrics.
+        method: ``"paired bootstrap"``, ``"newcombe"`` (unpaired proportions), ``"normal"`` (unpaired means)
+            or None.
+        significant: the interval excludes 0; None without an interval.
+    """
+
+    name: str
+    a: float | None
+    b: float | None
+    diff: float | None = None
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
+    significant: bool | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`compare_reports`.
+
+    Attributes:
+        a, b: the two reports.
+        rows: metrics first (in A's order, then B's own), then compute fields.
+        paired_items: items paired by index for the bootstrap; 0 when the intervals are unpaired.
+        notes: why the comparison is unpaired, or what differs between the runs' settings.
+    """
+
+    a: EvalReport
+    b: EvalReport
+    rows: tuple[MetricDiff, ...]
+    paired_items: int = 0
+    notes: tuple[str, ...] = ()
+
+
+def _as_report(x: EvalReport | str | Path) -> EvalReport:
+    return x if isinstance(x, EvalReport) else load_report(x)
+
+
+def _predictions(report: EvalReport) -> dict[int, dict] | None:
+    if report.out_dir is None or not (Path(report.out_dir) / PREDICTIONS).exists():
+        return None
+    return {r["index"]: r for r in read_predictions(Path(report.out_dir) / PREDICTIONS)}
+
+
+def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """Compare run B with run A, metric by metric.
+
+    With both ``predictions.jsonl`` files beside the reports (and the same item ids at the same indices),
+    each metric's interval is a paired percentile bootstrap over the items both runs scored (``resamples``
+    resamples, fixed ``seed``); otherwise it is unpaired: Newcombe's interval for proportions, a normal
+    interval from the two reports' intervals for mean metrics (``f1``, ``pass@1``).
+
+    Args:
+        a, b: reports, or paths to ``report.json`` files or to the run directories holding them.
+
+    Returns:
+        the rows of each metric and compute field, with B - A and, for metrics, its 95% interval.
+
+    Raises:
+        LoaderError: a report or predictions file cannot be read.
+    """
+    ra, rb = _as_report(a), _as_report(b)
+    notes: list[str] = []
+    if ra.task != rb.task:
+        notes.append(f"the runs are of different tasks ({ra.task} and {rb.task})")
+    pa, pb = _predictions(ra), _predictions(rb)
+    common: list[int] = []
+    if pa is None or pb is None:
+        missing = [name for name, p in (("A", pa), ("B", pb)) if p is None]
+        notes.append(f"no predictions.jsonl beside {' and '.join(missing)}: unpaired intervals")
+    else:
+        common = sorted(set(pa) & set(pb))
+        mismatched = [i for i in common if pa[i].get("id") != pb[i].get("id")]
+        if mismatched:
+            notes.append(f"{len(mismatched)} items have other ids at the same index (first: index {mismatched[0]}), "
+                         "so the runs are not of the same data: unpaired intervals")
+            common = []
+        elif not common:
+            notes.append("the runs share no item index: unpaired intervals")
+        elif len(common) < max(len(pa), len(pb)):
+            notes.append(f"paired over the {len(common)} items both runs scored")
+
+    rows = []
+    for name in list(dict.fromkeys([*ra.metrics, *rb.metrics])):
+        ma, mb = ra.metrics.get(name), rb.metrics.get(name)
+        if ma is None or mb is None:
+            rows.append(MetricDiff(name, ma.value if ma else None, mb.value if mb else None))
+            continue
+        pairs = [(pa[i]["scores"][name], pb[i]["scores"][name]) for i in common
+                 if name in pa[i]["scores"] and name in pb[i]["scores"]]
+        if pairs:
+            diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], resamples=resamples, seed=seed)
+            method = "paired bootstrap"
+        elif name in MEAN_METRICS:
+            diff = mb.value - ma.value
+            se = math.hypot((ma.high - ma.low) / (2 * Z95), (mb.high - mb.low) / (2 * Z95))
+            low, high, method = diff - Z95 * se, diff + Z95 * se, "normal"
+        else:
+            diff = mb.value - ma.value
+            low, high = newcombe_interval(ma.value * ma.n, ma.n, mb.value * mb.n, mb.n)
+            method = "newcombe"
+        rows.append(MetricDiff(name, ma.value, mb.value, diff, low, high, method, low > 0 or high < 0))
+    for name in COMPUTE_FIELDS:
+        va, vb = getattr(ra, name), getattr(rb, name)
+        rows.append(MetricDiff(name, va, vb, vb - va))
+    differing = sorted(k for k in set(ra.settings) | set(rb.settings)
+                       if k not in ("data", "data_sha256") and ra.settings.get(k) != rb.settings.get(k))
+    if differing:
+        notes.append("settings that differ: " + ", ".join(differing))
+    return Comparison(ra, rb, tuple(rows), len(common) if any(r.method == "paired bootstrap" for r in rows) else 0,
+                      tuple(notes))

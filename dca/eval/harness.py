@@ -1,0 +1,333 @@
+"""Run an evaluation: one item at a time through the assistant, one flushed line per item, resumable.
+
+The output directory (format version 1) is a contract:
+
+``config.json``
+    ``{"format": "dca-eval", "version": 1, "settings": {...}, "dca_version", "created"}``; ``settings`` are
+    the task, data file (absolute path and SHA-256), limit, model, store, samples, effort and the resolved
+    :class:`~dca.assistant.AssistantConfig`. ``--resume`` refuses to continue under other settings.
+``predictions.jsonl``
+    one JSON object per finished item, appended and flushed (and fsynced) as one write: ``index``, ``id``,
+    ``question``, ``gold``, ``extracted``, ``correct``, ``scores`` (metric -> per-item value), ``output`` and
+    ``thinking`` (raw), ``voted`` and ``samples`` (k > 1), ``retrieved`` (qa with a store), ``tokens``
+    (``thinking``, ``answer``, ``generated``), ``tokens_per_s``, ``seconds``. A partial last line left by a
+    kill is dropped on resume.
+``report.json``, ``report.md``
+    :class:`~dca.eval.report.EvalReport`, computed from ``predictions.jsonl`` alone, so a resumed run
+    reports what an uninterrupted one does (timing aside).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..errors import ConfigError, LoaderError
+from ..home import atomic_write_text
+from .report import EvalReport, build_report, to_markdown
+from .tasks import TASKS, load_items, score_answer, system_prompt
+
+log = logging.getLogger(__name__)
+
+EVAL_FORMAT = "dca-eval"
+EVAL_VERSION = 1
+CONFIG, PREDICTIONS, REPORT_JSON, REPORT_MD = "config.json", "predictions.jsonl", "report.json", "report.md"
+OUTPUT_FILES = (CONFIG, PREDICTIONS, REPORT_JSON, REPORT_MD)
+
+ProgressFn = Callable[[int, int, "float | None"], None]
+
+# Flag of each setting, for the message refusing a resume under other settings.
+_FLAGS = {
+    "task": "--task", "data": "--data", "data_sha256": "--data (the file's content changed)", "limit": "--limit",
+    "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
+    "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
+    "temperature": "--temperature", "top_k": "-k/--top-k",
+}
+
+
+@dataclass
+class EvalConfig:
+    """Settings of :func:`run_eval`; the flags of ``dca eval`` resolve into this.
+
+    Args:
+        task: ``gsm8k``, ``math`` or ``qa`` (``--task``).
+        data: the JSONL file of items (``--data``); shapes in :mod:`dca.eval.tasks`.
+        limit: evaluate the first N valid items; None for all (``--limit``).
+        model: model name or GGUF path; None for the bundled model (``-m/--model``).
+        store_dir: a RAG store to answer from; for qa it also gives retrieval recall@k (``--store-dir``).
+            None: no retrieval (closed-book qa).
+        effort: test-time compute level ``low``/``medium``/``high``; None for the assistant's default
+            (``--effort``).
+        samples: k, answers sampled per item; k > 1 adds maj@k and pass@k (``--samples``). An ``effort``
+            preset sets k itself (:data:`dca.assistant.EFFORT_PRESETS`), so the two are not given together.
+        out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
+        resume: continue the run in ``out_dir`` (``--resume``).
+        force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
+        think, thinking_budget, max_tokens, temperature, top_k: override the
+            :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
+
+    Raises:
+        ConfigError: a setting is out of range; the message names the flag.
+    """
+
+    task: str
+    data: Path
+    limit: int | None = None
+    model: str | None = None
+    store_dir: Path | None = None
+    effort: str | None = None
+    samples: int = 1
+    out_dir: Path | None = None
+    resume: bool = False
+    force: bool = False
+    think: bool | None = None
+    thinking_budget: int | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        self.data = Path(self.data).expanduser()
+        if not self.data.is_file():
+            raise ConfigError(f"--data {self.data}: no such file")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.samples < 1:
+            raise ConfigError(f"--samples must be >= 1, got {self.samples}")
+        from ..assistant import EFFORT_PRESETS
+
+        if self.effort is not None and self.effort not in EFFORT_PRESETS:
+            raise ConfigError(f"--effort must be one of {', '.join(EFFORT_PRESETS)}, got {self.effort!r}")
+        if self.store_dir is not None:
+            self.store_dir = Path(self.store_dir).expanduser()
+        if self.effort is not None and self.samples != 1:
+            raise ConfigError(f"--effort {self.effort} sets the number of samples itself; drop --samples {self.samples} "
+                              "or --effort")
+        if self.resume and self.force:
+            raise ConfigError("--resume continues a run and --force starts it over: give one of them")
+        if self.resume and self.out_dir is None:
+            raise ConfigError("--resume needs -o/--out-dir, the directory of the run to continue")
+        if self.out_dir is None:
+            self.out_dir = Path.cwd() / f"eval-{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.out_dir = Path(self.out_dir).expanduser()
+
+
+def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
+    """The :class:`~dca.assistant.AssistantConfig` of a run: ``base`` (default: the defaults) with the task's
+    system prompt, no history, ``samples``, ``effort`` and the overrides of ``cfg``.
+
+    Raises:
+        ConfigError: a value is out of the assistant's range.
+    """
+    from ..assistant import AssistantConfig
+
+    changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
+               "samples": cfg.samples, "effort": cfg.effort}
+    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k"):
+        if getattr(cfg, name) is not None:
+            changes[name] = getattr(cfg, name)
+    return replace(base if base is not None else AssistantConfig(), **changes)
+
+
+def samples_per_item(acfg) -> int:
+    """k, the answers sampled per item under ``acfg``: its ``samples``, or its effort preset's."""
+    from ..assistant import EFFORT_PRESETS
+
+    return EFFORT_PRESETS[acfg.effort].get("samples", acfg.samples) if acfg.effort else acfg.samples
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
+    """The records of a ``predictions.jsonl``, sorted by ``index`` (the first record of an index wins).
+
+    Args:
+        path: the file; a missing one has no records.
+        repair: truncate a partial last line (left by a kill mid-write) from the file instead of only
+            ignoring it.
+
+    Raises:
+        LoaderError: a complete line is not a prediction record (the file was edited or corrupted).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    keep = raw.rfind(b"\n") + 1
+    if keep < len(raw):
+        log.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run", path, len(raw) - keep)
+        if repair:
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+    records: dict[int, dict] = {}
+    for number, line in enumerate(raw[:keep].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or not isinstance(rec.get("scores"), dict):
+                raise ValueError("not an object with an integer index and scores")
+        except ValueError as e:
+            raise LoaderError(path, f"line {number} is not a prediction record ({e}); start over with --force") from e
+        records.setdefault(rec["index"], rec)
+    return [records[i] for i in sorted(records)]
+
+
+def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _settings_diff(a, b, prefix=key + ".")
+        elif a != b:
+            flag = _FLAGS.get(key, f"setting {prefix}{key}")
+            diffs.append(f"{flag} was {a!r}, now {b!r}")
+    return diffs
+
+
+def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
+    """Check or create the run directory; return the records of a run being resumed."""
+    out = cfg.out_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o/--out-dir {out} is a file; choose a directory")
+    if out.exists() and any(out.iterdir()):
+        if cfg.force:
+            for name in OUTPUT_FILES:
+                (out / name).unlink(missing_ok=True)
+        elif cfg.resume:
+            try:
+                saved = json.loads((out / CONFIG).read_text(encoding="utf-8"))["settings"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"--resume: {out} is not a dca eval run (no readable {CONFIG}: {e}); "
+                                  "choose the run's -o/--out-dir") from e
+            diffs = list(dict.fromkeys(_settings_diff(saved, settings)))  # samples is also an assistant field
+            if diffs:
+                raise ConfigError(f"--resume: {out} was run with other settings: {'; '.join(diffs)}. Resume with the "
+                                  "same flags, or start over with --force, or choose a new -o/--out-dir")
+            return read_predictions(out / PREDICTIONS, repair=True)
+        else:
+            raise ConfigError(f"-o/--out-dir {out} exists and is not empty; continue that run with --resume, start "
+                              "over with --force, or choose another -o/--out-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    from .. import __version__
+
+    atomic_write_text(out / CONFIG, json.dumps({
+        "format": EVAL_FORMAT, "version": EVAL_VERSION, "settings": settings,
+        "dca_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }, indent=2, ensure_ascii=False) + "\n")
+    return []
+
+
+def _record(item, answer, scored: dict) -> dict:
+    st = answer.stats
+    samples = tuple(getattr(answer, "samples", ()) or ())
+    generated = sum(getattr(s, "tokens", 0) for s in samples) if samples else st.thinking_tokens + st.answer_tokens
+    rec = {"index": item.index, "id": item.id, "question": item.question,
+           "gold": item.gold if isinstance(item.gold, str) else list(item.gold), **scored,
+           "output": answer.text, "thinking": answer.thinking,
+           "tokens": {"thinking": st.thinking_tokens, "answer": st.answer_tokens, "generated": generated},
+           "tokens_per_s": round(st.tokens_per_s, 3)}
+    return rec
+
+
+def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None) -> EvalReport:
+    """Evaluate the assistant on ``cfg.task`` and write the run directory (see the module docstring).
+
+    Each item is asked with a reset conversation; its record is appended to ``predictions.jsonl`` before the
+    next item starts, so an interrupted run (an exception, KeyboardInterrupt, a kill) resumes with
+    ``cfg.resume`` without asking finished items again.
+
+    Args:
+        cfg: the settings.
+        assistant: an :class:`~dca.assistant.Assistant` to evaluate (its config is replaced by
+            :func:`assistant_config` of it, and its store gives recall for qa); None builds one from
+            ``cfg.model`` and ``cfg.store_dir``.
+        progress: called as ``progress(done, total, running_accuracy)`` once before the first item to ask
+            (``done`` counts items finished by an earlier run) and after each item; ``running_accuracy``
+            is the main metric (accuracy, or EM for qa) over the finished items, None before any.
+
+    Returns:
+        the report, also written as ``report.json`` and ``report.md``.
+
+    Raises:
+        ConfigError: a setting is out of range, the out dir is not empty (without ``resume``/``force``), or
+            ``resume`` under other settings.
+        LoaderError: the data file has no valid item, or ``predictions.jsonl`` is corrupt.
+        ModelError, StoreError: the model or store cannot be opened.
+    """
+    from ..models import BUNDLED_CHAT_MODEL
+
+    items, skipped = load_items(cfg.task, cfg.data, cfg.limit)
+    store = assistant.store if assistant is not None else cfg.store_dir
+    acfg = assistant_config(cfg, assistant.config if assistant is not None else None, with_store=store is not None)
+    if assistant is not None:
+        model_name = assistant.llm.name
+        store_name = str(Path(getattr(store, "path", "")).resolve()) if store is not None else None
+    else:
+        model_name = cfg.model or BUNDLED_CHAT_MODEL
+        if Path(model_name).expanduser().exists():
+            model_name = str(Path(model_name).expanduser().resolve())
+        store_name = str(cfg.store_dir.resolve()) if cfg.store_dir is not None else None
+    settings = {"task": cfg.task, "data": str(cfg.data.resolve()), "data_sha256": _sha256(cfg.data),
+                "limit": cfg.limit, "model": model_name, "store": store_name, "samples": cfg.samples,
+                "effort": cfg.effort, "assistant": asdict(acfg)}
+    settings = json.loads(json.dumps(settings))  # the form config.json holds, for comparison on resume
+    records = _prepare_out_dir(cfg, settings)
+
+    if assistant is None:
+        from ..assistant import Assistant
+
+        assistant = Assistant(model=cfg.model, store=cfg.store_dir, config=acfg)
+    else:
+        assistant.config = acfg
+    k = samples_per_item(acfg)
+    recall_k = acfg.top_k if cfg.task == "qa" and assistant.store is not None and acfg.top_k > 0 else 0
+    main = "em" if cfg.task == "qa" else "accuracy"
+    done = {r["index"] for r in records}
+    correct = sum(r["scores"][main] for r in records)
+
+    def report_progress():
+        if progress is not None:
+            progress(len(done), len(items), correct / len(done) if done else None)
+
+    report_progress()
+    with open(cfg.out_dir / PREDICTIONS, "a", encoding="utf-8") as f:
+        for item in items:
+            if item.index in done:
+                continue
+            t0 = time.perf_counter()
+            assistant.reset()
+            answer = assistant.ask(item.question)
+            rec = _record(item, answer, score_answer(cfg.task, item, answer, k))
+            if recall_k:
+                hits = assistant.store.search(item.question, k=recall_k, mode=acfg.search_mode)
+                rec["retrieved"] = list(dict.fromkeys(h.doc_id for h in hits))
+                if item.gold_paragraph_id is not None:
+                    rec["scores"][f"recall@{recall_k}"] = int(item.gold_paragraph_id in rec["retrieved"])
+            rec["seconds"] = round(time.perf_counter() - t0, 3)
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")  # one write: a kill leaves at most a partial last line
+            f.flush()
+            os.fsync(f.fileno())
+            done.add(item.index)
+            correct += rec["scores"][main]
+            report_progress()
+
+    records = read_predictions(cfg.out_dir / PREDICTIONS)
+    report = build_report(cfg.task, k, records, settings=settings, skipped=tuple(skipped), out_dir=cfg.out_dir)
+    atomic_write_text(cfg.out_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(cfg.out_dir / REPORT_MD, to_markdown(report))
+    return report

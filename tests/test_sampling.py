@@ -1,0 +1,44 @@
+"""Parallel sampling on the bundled GGUF: shared prompt evaluation, greedy parity, stops, cancel."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import bundled_gguf
+from dca.llm import LlamaCppLLM
+from dca.sampling import sample_parallel
+
+pytestmark = pytest.mark.slow
+
+QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May?")
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model = LlamaCppLLM(bundled_gguf(), n_ctx=2048)
+    yield model
+    model.close()
+
+
+def test_greedy_sequences_match_the_models_own_greedy_decoding(llm):
+    prompt = llm.render([{"role": "user", "content": QUESTION}])
+    reference = "".join(llm.generate(prompt, max_tokens=24, repeat_penalty=1.0))
+    outs = sample_parallel(llm.llama, prompt, n=3, max_tokens=24, temperature=0)
+    assert [o.text for o in outs] == [reference] * 3  # every sequence reads the shared prompt cells right
+    assert all(o.tokens == 24 and o.finish == "length" and o.mean_logprob < 0 for o in outs)
+
+
+def test_sampling_is_seeded_diverse_and_stops(llm):
+    prompt = llm.render([{"role": "user", "content": QUESTION}])
+    a = sample_parallel(llm.llama, prompt, n=4, max_tokens=32, temperature=1.0, seed=7)
+    b = sample_parallel(llm.llama, prompt, n=4, max_tokens=32, temperature=1.0, seed=7)
+    assert [o.text for o in a] == [o.text for o in b]
+    assert len({o.text for o in a}) > 1
+    stopped = sample_parallel(llm.llama, prompt, n=2, max_tokens=64, temperature=0, stop=["clips"])
+    assert all(o.finish == "stop" and "clips" not in o.text for o in stopped)
+    calls = []
+    cancelled = sample_parallel(llm.llama, prompt, n=2, max_tokens=64, cancel=lambda: calls.append(1) or len(calls) > 3)
+    assert all(o.finish == "cancelled" and o.tokens == 3 for o in cancelled)
+    with pytest.raises(ValueError, match="n must be"):
+        sample_parallel(llm.llama, prompt, n=0, max_tokens=4)
