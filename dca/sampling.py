@@ -80,7 +80,8 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
     if not 1 <= n <= 64:
         raise ValueError(f"n must be in 1..64, got {n}")
     tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-    n_ctx = n * (len(tokens) + max_tokens + 8)
+    per_seq = -(-(len(tokens) + max_tokens + 8) // 256) * 256  # llama.cpp pads each stream to 256 cells
+    n_ctx = n * per_seq
     if len(tokens) + max_tokens > llama._model.n_ctx_train():
         raise ValueError(f"prompt of {len(tokens)} tokens + {max_tokens} new ones exceeds the model's context")
     # the Llama's own settings (threads, attention kernel, KV types), so greedy samples match its output
