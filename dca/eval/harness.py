@@ -19,7 +19,6 @@ The output directory (format version 1) is a contract:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError, LoaderError
-from ..home import atomic_write_text
+from ..home import atomic_write_text, sha256_file
 from .report import EvalReport, build_report, to_markdown
 from .tasks import TASKS, load_items, score_answer, system_prompt
 
@@ -142,14 +141,6 @@ def samples_per_item(acfg) -> int:
     from ..assistant import EFFORT_PRESETS
 
     return EFFORT_PRESETS[acfg.effort].get("samples", acfg.samples) if acfg.effort else acfg.samples
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
@@ -282,7 +273,7 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
         if Path(model_name).expanduser().exists():
             model_name = str(Path(model_name).expanduser().resolve())
         store_name = str(cfg.store_dir.resolve()) if cfg.store_dir is not None else None
-    settings = {"task": cfg.task, "data": str(cfg.data.resolve()), "data_sha256": _sha256(cfg.data),
+    settings = {"task": cfg.task, "data": str(cfg.data.resolve()), "data_sha256": sha256_file(cfg.data),
                 "limit": cfg.limit, "model": model_name, "store": store_name, "samples": cfg.samples,
                 "effort": cfg.effort, "assistant": asdict(acfg)}
     settings = json.loads(json.dumps(settings))  # the form config.json holds, for comparison on resume

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Literal
 import numpy as np
 
 from ..errors import ConfigError, LoaderError, StoreError
-from ..home import atomic_write_text
+from ..home import atomic_write_text, sha256_file
 from . import index as vindex
 from .chunking import chunk_document
 from .embed import Embedder
@@ -173,14 +173,6 @@ class StoreInfo:
     chunks: int
     bytes_on_disk: int
     chunking: dict
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _text_hash(text: str) -> str:
@@ -375,7 +367,7 @@ class Store:
         for path in files:
             key = str(path)
             try:
-                sha = _sha256_file(path)
+                sha = sha256_file(path)
                 if known.get(key) == sha:
                     report.unchanged.append(key)
                     continue
