@@ -181,23 +181,29 @@ class Vote:
     weight: float
 
 
-def vote(samples: tuple[Sample, ...], *, weighted: bool = False) -> tuple[Vote, ...]:
-    """Cluster the samples' extracted answers by :func:`dca.reasoning.is_equivalent` and rank the clusters.
+def vote(samples: tuple[Sample, ...], *, weighted: bool = False,
+         same: Callable[[str, str], bool] | None = None) -> tuple[Vote, ...]:
+    """Cluster the samples' extracted answers and rank the clusters.
 
     Majority voting ranks by count, then summed weight (Wang et al. 2022); weighted voting ranks by the sum
-    of exp(mean token log-probability), then count. Samples without an extracted answer do not vote.
+    of exp(mean token log-probability), then count; remaining ties keep the order first seen. Samples
+    without an extracted answer do not vote.
+
+    Args:
+        same: answer equality; default :func:`dca.reasoning.is_equivalent`.
 
     Returns:
         the votes, best first (empty when no sample has an answer).
     """
-    from .reasoning import is_equivalent
+    if same is None:
+        from .reasoning import is_equivalent as same
 
     clusters: list[list] = []  # [representative, count, weight]
     for s in samples:
         if s.answer is None:
             continue
         for c in clusters:
-            if is_equivalent(s.answer, c[0]):
+            if same(s.answer, c[0]):
                 c[1] += 1
                 c[2] += math.exp(s.mean_logprob)
                 break

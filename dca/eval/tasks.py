@@ -177,17 +177,10 @@ def qa_prediction(text: str) -> str:
 
 def _majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> str | None:
     """The most frequent answer under ``same`` (ties: the one seen first); None when all are None."""
-    groups: list[list] = []  # [representative, count]
-    for a in answers:
-        if a is None:
-            continue
-        for g in groups:
-            if same(a, g[0]):
-                g[1] += 1
-                break
-        else:
-            groups.append([a, 1])
-    return max(groups, key=lambda g: g[1])[0] if groups else None
+    from ..assistant import Sample, vote
+
+    votes = vote(tuple(Sample("", "", a, 0.0, 0) for a in answers), same=same)
+    return votes[0].answer if votes else None
 
 
 def score_answer(task: str, item: Item, answer, samples: int) -> dict:
