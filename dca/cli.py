@@ -407,6 +407,15 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
         out.print(f"[dim]note: {note}[/]")
 
 
+from .cli_distill import distill_app  # noqa: E402  (its commands use the helpers above)
+
+app.add_typer(distill_app, name="distill")
+
+from .cli_quant import quant_app  # noqa: E402  (its commands use the helpers above)
+
+app.add_typer(quant_app, name="quant")
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -41,6 +41,24 @@ class ModelError(DcaError):
     """A chat model could not be found or loaded (missing file, not a GGUF, unknown name)."""
 
 
+class TeacherError(DcaError):
+    """A teacher model failed to produce a completion (HTTP error, refused credentials, local model failure).
+
+    Attributes:
+        fatal: True when retrying or moving to the next sample cannot help (bad credentials, wrong base URL
+            or model), so a generation run stops at once; False for a failure of one sample.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False):
+        self.fatal = fatal
+        super().__init__(message)
+
+
+class QuantError(DcaError):
+    """A model could not be exported to GGUF, quantized or checked (unsupported architecture or tokenizer,
+    missing or corrupt weights, a failed write, llama.cpp refusing the file)."""
+
+
 class Cancelled(DcaError):
     """A long job was cancelled through its cancel hook."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -49,6 +50,15 @@ def test_prompt_numbers_and_quotes_passages_as_untrusted(store, scripted_llm):
     assert [s.number for s in answer.sources] == [1, 2]
     assert answer.sources[0].source.endswith("rivers.txt")
     assert answer.citations == (answer.sources[0],) and answer.sources[0].cited_by == "model"
+
+
+@pytest.mark.parametrize("order, expected", [("best_last", [2, 1]), ("best_first", [1, 2])])
+def test_passage_order_puts_the_best_passage_next_to_the_question(store, scripted_llm, order, expected):
+    llm = scripted_llm("Quenton")
+    Assistant(llm, store, top_k=2, min_similarity=-1.0, passage_order=order).ask(
+        "Which city does the Zorblax river flow through?")
+    numbers = [int(n) for n in re.findall(r'<passage number="(\d+)"', llm.prompts[0])]
+    assert numbers == expected
 
 
 def test_passages_below_threshold_are_dropped_and_no_store_means_no_retrieval(store, scripted_llm):
@@ -175,6 +185,7 @@ def test_prompt_is_trimmed_to_fit_the_context(store, scripted_llm):
 @pytest.mark.parametrize("field,value,flag", [
     ("top_k", -1, "-k"), ("min_similarity", 2.0, "--min-similarity"), ("search_mode", "fuzzy", "--mode"),
     ("temperature", -1.0, "--temperature"), ("repeat_penalty", 0.0, "--repeat-penalty"),
+    ("passage_order", "random", "passage_order"),
 ])
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError, match=flag):

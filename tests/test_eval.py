@@ -252,7 +252,8 @@ QA = [
     ("q4", "Where does the Zorblax river end?", ["the Amber sea"], "zorblax_000"),
 ]
 # With passages the scripted model answers from them (q4 only partly); without, it guesses.
-ANSWERS = {"q1": "Quenton [1].", "q2": "Answer: ten minutes", "q3": "the moon Tarsis", "q4": "Amber"}
+ANSWERS = {"q1": "Quenton [1].", "q2": "Answer: You knead the dough for ten minutes.", "q3": "the moon Tarsis",
+           "q4": "Amber"}
 
 
 def qa_model(scripted_llm):
@@ -271,7 +272,7 @@ def test_qa_closed_book_and_with_a_store_with_recall(tmp_path, scripted_llm, emb
                                         "gold_paragraph_id": g}) + "\n" for i, q, a, g in QA))
     closed_llm = qa_model(scripted_llm)
     closed = evaluate(tmp_path, closed_llm, name="closed", task="qa", data=data)
-    assert list(closed.metrics) == ["em", "f1"] and closed.main.value == 0.0 and closed.metrics["f1"].value == 0.0
+    assert list(closed.metrics) == ["em", "f1", "f1_full"] and closed.main.value == 0.0 and closed.metrics["f1"].value == 0.0
     assert all(QA_CLOSED_BOOK_PROMPT in p and "<passage" not in p for p in closed_llm.prompts)
 
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
@@ -281,15 +282,34 @@ def test_qa_closed_book_and_with_a_store_with_recall(tmp_path, scripted_llm, emb
     cfg = EvalConfig(task="qa", data=data, out_dir=tmp_path / "rag", top_k=1)
     rag = run_eval(cfg, assistant=Assistant(rag_llm, store, config=AssistantConfig(min_similarity=-1.0)))
     assert all(QA_SYSTEM_PROMPT in p and "<passage" in p for p in rag_llm.prompts)
-    assert list(rag.metrics) == ["em", "f1", "recall@1"]
+    assert list(rag.metrics) == ["em", "f1", "f1_full", "recall@1"]
     assert rag.metrics["recall@1"].value == 1.0 and rag.metrics["recall@1"].n == 4
-    assert rag.main.value == 0.75  # "Quenton [1].", "Answer: ten minutes", "the moon Tarsis" match; "Amber" does not
+    assert rag.main.value == 0.75  # q1, q2 (restatement removed) and q3 match; "Amber" does not
     assert rag.metrics["f1"].value == pytest.approx((1 + 1 + 1 + 2 / 3) / 4, abs=1e-6)  # "Amber" vs "Amber sea"
+    # the whole answer line of q2, "You knead the dough for ten minutes": precision 2/6, recall 1
+    assert rag.metrics["f1_full"].value == pytest.approx((1 + 0.5 + 1 + 2 / 3) / 4, abs=1e-6)
     assert rag.metrics["f1"].interval == "normal" and rag.metrics["f1"].low <= rag.metrics["f1"].value
     preds = lines(tmp_path / "rag" / "predictions.jsonl")
     assert [p["retrieved"] for p in preds] == [[g] for _, _, _, g in QA]
     assert preds[0]["extracted"] == "Quenton" and preds[0]["gold"] == ["Quenton", "the city of Quenton"]
+    assert preds[1]["extracted"] == "ten minutes"
     assert json.loads((tmp_path / "rag" / "config.json").read_text())["settings"]["store"] == str(tmp_path / "store")
+
+
+@pytest.mark.parametrize("output, question, expected", [
+    ("The NFL team that represented the AFC at Super Bowl 50 was the Denver Broncos.",
+     "Which NFL team represented the AFC at Super Bowl 50?", "Denver Broncos"),
+    ("The stadium was Levi's Stadium", "What stadium did it take place in?", "Levi's"),  # gold words in the question
+    ("The Broncos won Super Bowl 50 [1]. They beat the Panthers.", "Who won Super Bowl 50?", "Broncos"),
+    ("<think>the passage says so</think>Answer: Denver Broncos", "Which team won?", "Denver Broncos"),
+    ("Super Bowl 50", "What was Super Bowl 50?", "Super Bowl 50"),  # nothing new: the line is kept whole
+    ("It was in 2016, in Santa Clara", "", "It was in 2016, in Santa Clara"),  # no question: no removal
+    ("\n\n  \n", "Who?", ""),
+])
+def test_qa_prediction_removes_the_restated_question(output, question, expected):
+    from dca.eval.tasks import qa_prediction
+
+    assert qa_prediction(output, question) == expected
 
 
 # -- k samples -----------------------------------------------------------------------------------------------

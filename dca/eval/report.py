@@ -17,7 +17,7 @@ REPORT_VERSION = 1
 # same settings are compared for equality (an interrupted-and-resumed run against an uninterrupted one).
 TIMING_FIELDS = ("tokens_per_s", "wall_s")
 # Metrics that average fractional per-item scores: a normal interval instead of Wilson's.
-MEAN_METRICS = ("f1", "pass@1")
+MEAN_METRICS = ("f1", "f1_full", "pass@1")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Metric:
     """One metric of a run.
 
     Attributes:
-        name: ``accuracy`` (gsm8k, math), ``em``/``f1`` (qa), ``maj@k``, ``pass@1``, ``pass@k``, ``recall@k``.
+        name: ``accuracy`` (gsm8k, math), ``em``/``f1``/``f1_full`` (qa), ``maj@k``, ``pass@1``, ``pass@k``, ``recall@k``.
         value: the mean of the per-item scores, in [0, 1].
         low, high: its 95% interval: Wilson score (0/1 scores) or normal approximation (``f1``, ``pass@1``).
         n: items scored.

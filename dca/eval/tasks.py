@@ -164,8 +164,8 @@ _MARKERS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 _ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]?\s*", re.IGNORECASE)
 
 
-def qa_prediction(text: str) -> str:
-    """The short answer in a qa output: after the think block, without citation markers ``[n]``, an
+def qa_answer_line(text: str) -> str:
+    """The answer line of a qa output: after the think block, without citation markers ``[n]``, an
     ``Answer:`` prefix or a final period, its first non-empty line."""
     from ..reasoning import strip_thinking
 
@@ -173,6 +173,42 @@ def qa_prediction(text: str) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = _ANSWER_PREFIX.sub("", line).strip()
     return line[:-1].rstrip() if line.endswith(".") and not line.endswith("..") else line
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_RESTATEMENT_GLUE = frozenset({"is", "are", "was", "were", "be", "been", "that", "which"})
+
+
+def qa_prediction(text: str, question: str = "") -> str:
+    """The short answer in a qa output, as scored by SQuAD EM/F1.
+
+    Small chat models answer in a sentence that restates the question ("The NFL team that represented the
+    AFC at Super Bowl 50 was the Denver Broncos"), which SQuAD's metrics (Rajpurkar et al. 2016) score as mostly wrong
+    although the span is there. So, from :func:`qa_answer_line`, the first sentence is kept and the words
+    it shares with ``question`` (SQuAD-normalised), the copulas and the relative pronouns that / which are
+    removed, leaving the new information. When that removes every word, the answer line is returned whole.
+    A gold answer word that also appears in the question is lost ("What stadium ...?" -> "Levi's" for
+    "Levi's Stadium"); the metric then counts it as a partial match. The same extraction applies to every run, closed-book or not; the F1 of the whole
+    answer line is reported beside it as ``f1_full``.
+
+    Args:
+        text: the model's raw output.
+        question: the question asked; "" skips the restatement removal.
+
+    Returns:
+        the prediction string (possibly empty).
+    """
+    from ..reasoning import normalize_text
+
+    line = qa_answer_line(text)
+    if not question:
+        return line
+    first = _SENTENCE_END.split(line, 1)[0]
+    drop = set(normalize_text(question).split()) | _RESTATEMENT_GLUE
+    kept = [w for w in first.split() if normalize_text(w) not in drop]
+    while kept and not normalize_text(kept[0]):  # a leading article or stray punctuation
+        kept.pop(0)
+    return " ".join(kept).strip(" ,;:") or line
 
 
 def _majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> str | None:
@@ -188,7 +224,7 @@ def score_answer(task: str, item: Item, answer, samples: int) -> dict:
 
     gsm8k/math: ``accuracy`` is whether the answer extracted from ``answer.text`` is equivalent to the gold
     (:func:`dca.reasoning.is_equivalent`). qa: ``em`` and ``f1`` of :func:`qa_prediction` against the
-    accepted answers (SQuAD v1.1). With ``samples`` k > 1 also ``maj@k`` (the voted answer: ``votes[0]``
+    accepted answers (SQuAD v1.1), and ``f1_full``, the F1 of the whole answer line (:func:`qa_answer_line`). With ``samples`` k > 1 also ``maj@k`` (the voted answer: ``votes[0]``
     from the assistant for gsm8k/math, the most frequent normalised sample answer for qa), ``pass@1`` and
     ``pass@k`` (Chen et al.'s unbiased estimator over the n samples, with k = min(k, n)); an answer without
     samples counts as its own single sample.
@@ -208,10 +244,11 @@ def score_answer(task: str, item: Item, answer, samples: int) -> dict:
     sample_objs = tuple(getattr(answer, "samples", ()) or ())
     if task == "qa":
         golds = list(item.gold)
-        extracted = qa_prediction(answer.text)
+        extracted = qa_prediction(answer.text, item.question)
         correct = exact_match(extracted, golds)
-        scores: dict[str, float] = {"em": int(correct), "f1": round(token_f1(extracted, golds), 6)}
-        sample_answers = [qa_prediction(s.text) for s in sample_objs] or [extracted]
+        scores: dict[str, float] = {"em": int(correct), "f1": round(token_f1(extracted, golds), 6),
+                                    "f1_full": round(token_f1(qa_answer_line(answer.text), golds), 6)}
+        sample_answers = [qa_prediction(s.text, item.question) for s in sample_objs] or [extracted]
         voted = _majority([a or None for a in sample_answers], lambda x, y: normalize_text(x) == normalize_text(y))
 
         def ok(a):

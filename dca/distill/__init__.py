@@ -1,0 +1,1 @@
+"""Reasoning distillation: traces from a teacher (generate or import), verified and filtered, then SFT."""
