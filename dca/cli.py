@@ -329,6 +329,7 @@ def eval_run(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: the assistant's]."),
     k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="> 1 discourages repeated tokens; 1 is off \\[default: 1.1]."),
 ):
     """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
 
@@ -347,7 +348,7 @@ def eval_run(
 
     given = {"limit": limit, "model": model, "store_dir": store_dir, "effort": effort, "samples": samples,
              "out_dir": out_dir, "think": think, "thinking_budget": thinking_budget, "max_tokens": max_tokens,
-             "temperature": temperature, "top_k": k}
+             "temperature": temperature, "top_k": k, "repeat_penalty": repeat_penalty}
     cfg = EvalConfig(task=task, data=data, resume=resume, force=force, **{n: v for n, v in given.items() if v is not None})
     err.print(f"[dim]run directory: {cfg.out_dir}[/]")
     bar = Progress(TextColumn(cfg.task), BarColumn(), MofNCompleteColumn(), TextColumn("accuracy {task.fields[acc]}"),

@@ -46,7 +46,7 @@ _FLAGS = {
     "task": "--task", "data": "--data", "data_sha256": "--data (the file's content changed)", "limit": "--limit",
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
     "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
-    "temperature": "--temperature", "top_k": "-k/--top-k",
+    "temperature": "--temperature", "top_k": "-k/--top-k", "repeat_penalty": "--repeat-penalty",
 }
 
 
@@ -68,7 +68,7 @@ class EvalConfig:
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
-        think, thinking_budget, max_tokens, temperature, top_k: override the
+        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty: override the
             :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
 
     Raises:
@@ -90,6 +90,7 @@ class EvalConfig:
     max_tokens: int | None = None
     temperature: float | None = None
     top_k: int | None = None
+    repeat_penalty: float | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -130,7 +131,7 @@ def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
 
     changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
                "samples": cfg.samples, "effort": cfg.effort}
-    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k"):
+    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k", "repeat_penalty"):
         if getattr(cfg, name) is not None:
             changes[name] = getattr(cfg, name)
     return replace(base if base is not None else AssistantConfig(), **changes)

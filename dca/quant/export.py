@@ -1,0 +1,265 @@
+"""``dca quant export``: load (and merge) a model, write it as GGUF, quantize it with llama.cpp, record a manifest.
+
+Output contract, for ``-o OUT.gguf``:
+
+* ``OUT.gguf``: the model, complete or absent: it is written under a temporary name in the same directory
+  (``.OUT.gguf.tmp-PID...``), fsynced, then renamed (``os.replace``), so a failed or interrupted export never
+  leaves a partial file there. A temporary file left by a killed export is deleted by the next export to ``OUT``.
+* ``OUT.manifest.json`` (:func:`manifest_path`): ``{"format": "dca-quant-export", "version": 1, "gguf",
+  "source": {"path", "kind", "base", "adapter"}, "architecture", "gguf_architecture", "quant_type",
+  "intermediate_type", "tokenizer": {"model", "pre"}, "sizes": {"gguf_bytes", "parameters", "source_bytes"},
+  "sha256", "seconds": {"load", "merge", "write", "quantize"}, "config", "dca_version", "created"}``.
+
+An existing ``OUT.gguf`` is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, QuantError
+from ..home import atomic_write_text, sha256_file
+from .quantize import WRITE_TYPES, normalize_qtype
+from .source import LOAD_DTYPES
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "dca-quant-export"
+MANIFEST_VERSION = 1
+
+
+def manifest_path(gguf_path: str | Path) -> Path:
+    """The manifest beside an exported GGUF: ``model.Q8_0.gguf`` -> ``model.Q8_0.manifest.json``."""
+    p = Path(gguf_path)
+    return p.with_name((p.name.removesuffix(".gguf")) + ".manifest.json")
+
+
+def read_manifest(gguf_path: str | Path) -> dict | None:
+    """The manifest of an exported GGUF, or None when it has none.
+
+    Raises:
+        QuantError: the manifest exists but is not a dca export manifest.
+    """
+    path = manifest_path(gguf_path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise QuantError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise QuantError(f"{path} is not a dca quant export manifest")
+    return data
+
+
+@dataclass
+class ExportConfig:
+    """Settings of :func:`export`; the arguments and flags of ``dca quant export`` resolve into this.
+
+    Args:
+        source: the model (SRC): an HF model directory, a LoRA adapter directory or a training run directory
+            holding one, or a GGUF file (loaded through transformers, so a GGUF can be re-exported).
+        out: the GGUF to write (``-o/--out``), ending in ``.gguf``; None makes ``./NAME.QTYPE.gguf``.
+        qtype: ``F32``/``F16``/``BF16`` (written by dca) or a llama.cpp type such as ``Q8_0``, ``Q6_K``,
+            ``Q5_K_M``, ``Q4_K_M``, ``Q4_0`` (``--type``); see :data:`dca.quant.QUANT_TYPES`.
+        base: the base model of an adapter, when ``adapter_config.json`` does not name a local one (``--base``).
+        dtype: precision the weights are loaded and the LoRA merged in: ``float32`` (default), ``bfloat16`` or
+            ``float16`` (``--dtype``). Never 4-bit.
+        intermediate: type of the GGUF written before llama.cpp quantizes it: ``F16`` (llama.cpp's usual
+            input), ``BF16`` or ``F32`` (``--intermediate``). Unused for F32/F16/BF16 outputs.
+        name: ``general.name`` in the GGUF; None uses the source's name (``--name``).
+        tokenizer_pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``) when dca cannot recognise it:
+            ``gpt-2``, ``llama-bpe``, ``qwen2``, ``smollm``... (``--tokenizer-pre``). None detects it.
+        threads: quantizer threads; None uses all (``--threads``).
+        force: replace an existing ``out`` (``--force``).
+
+    Raises:
+        ConfigError: a value is out of range; the message names the flag.
+    """
+
+    source: Path
+    out: Path | None = None
+    qtype: str = "Q8_0"
+    base: Path | None = None
+    dtype: str = "float32"
+    intermediate: str = "F16"
+    name: str | None = None
+    tokenizer_pre: str | None = None
+    threads: int | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        self.source = Path(self.source).expanduser()
+        if not self.source.exists():
+            raise ConfigError(f"SRC {self.source}: no such file or directory")
+        self.qtype = normalize_qtype(self.qtype)
+        self.intermediate = normalize_qtype(self.intermediate, "--intermediate")
+        if self.intermediate not in WRITE_TYPES:
+            raise ConfigError(f"--intermediate must be one of {', '.join(WRITE_TYPES)}, got {self.intermediate}")
+        if self.dtype not in LOAD_DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(LOAD_DTYPES)}, got {self.dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.base is not None:
+            self.base = Path(self.base).expanduser()
+        if self.out is None:
+            stem = self.source.name.removesuffix(".gguf")
+            self.out = Path.cwd() / f"{stem}.{self.qtype}.gguf"
+        self.out = Path(self.out).expanduser()
+        if not self.out.name.endswith(".gguf"):
+            raise ConfigError(f"-o/--out must name a .gguf file, got {self.out}")
+        if self.out.is_dir():
+            raise ConfigError(f"-o/--out {self.out} is a directory; name the .gguf file to write")
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote.
+
+    Attributes:
+        path: the GGUF.
+        manifest_path: its manifest.
+        qtype: the quantization type.
+        size_bytes: size of the GGUF.
+        sha256: hex SHA-256 of the GGUF.
+        seconds: wall time per stage: ``load``, ``merge``, ``write``, ``quantize`` (0 when not run), ``total``.
+        manifest: the manifest's content.
+    """
+
+    path: Path
+    manifest_path: Path
+    qtype: str
+    size_bytes: int
+    sha256: str
+    seconds: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of earlier exports to ``out`` whose process is gone (killed mid-write)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.split(".tmp-")[1].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted export", tmp)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def _source_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``cfg.source`` to the GGUF ``cfg.out`` in ``cfg.qtype``, with a manifest beside it.
+
+    Stages: load (transformers; a GGUF source is dequantized), merge (LoRA, ``merge_and_unload`` in
+    ``cfg.dtype``), write (dca's GGUF writer, :mod:`dca.quant.gguf_writer`), quantize (llama.cpp's
+    ``llama_model_quantize``, for types other than F32/F16/BF16).
+
+    Args:
+        cfg: the settings.
+        progress: called with each stage's name (``"load"``, ``"write"``, ``"quantize"``, ``"manifest"``) as
+            it starts; None for none.
+
+    Returns:
+        The paths, size, checksum and stage timings.
+
+    Raises:
+        ConfigError: ``cfg.out`` exists and ``cfg.force`` is False.
+        QuantError: the source cannot be loaded or written (see :func:`dca.quant.source.load_source` and
+            :func:`dca.quant.gguf_writer.write_gguf`), llama.cpp failed, or the disk is full; nothing is left
+            under ``cfg.out`` then.
+        MissingDependencyError: transformers, gguf, peft or llama-cpp-python is missing.
+    """
+    from .. import __version__
+    from .gguf_writer import require_gguf, write_gguf
+    from .quantize import quantize_gguf
+    from .source import load_source
+
+    out = cfg.out
+    if (out.exists() or manifest_path(out).exists()) and not cfg.force:
+        raise ConfigError(f"-o/--out {out} exists; pass --force to replace it, or choose another file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    require_gguf()  # fail before the slow load, not after it
+    step = progress or (lambda stage: None)
+    t_start = time.perf_counter()
+
+    step("load")
+    loaded = load_source(cfg.source, base=cfg.base, dtype=cfg.dtype)
+    seconds = {"load": loaded.seconds["load"], "merge": loaded.seconds["merge"], "write": 0.0, "quantize": 0.0}
+    direct = cfg.qtype in WRITE_TYPES
+    written_type = cfg.qtype if direct else cfg.intermediate
+    tmp_written = out.with_name(f".{out.name}.tmp-{os.getpid()}.{written_type.lower()}")
+    tmp_final = tmp_written if direct else out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    name = cfg.name or (loaded.base or loaded.source).name.removesuffix(".gguf")
+    pre = cfg.tokenizer_pre or loaded.gguf_metadata.get("tokenizer.ggml.pre")
+    hf_arch = type(loaded.model).__name__
+    try:
+        step("write")
+        t0 = time.perf_counter()
+        try:
+            info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
+                              tokenizer_pre=pre)
+        except OSError as e:
+            raise QuantError(f"writing {out} failed ({e.strerror or e}); nothing was written under that name") from e
+        seconds["write"] = time.perf_counter() - t0
+        loaded.model = None  # free the weights before llama.cpp reads the file
+        if not direct:
+            step("quantize")
+            t0 = time.perf_counter()
+            quantize_gguf(tmp_written, tmp_final, cfg.qtype, threads=cfg.threads)
+            seconds["quantize"] = time.perf_counter() - t0
+            tmp_written.unlink()
+        _fsync(tmp_final)
+        os.replace(tmp_final, out)
+    finally:
+        for tmp in (tmp_written, tmp_final):
+            if tmp.exists():
+                tmp.unlink()
+
+    step("manifest")
+    seconds["total"] = time.perf_counter() - t_start
+    size = out.stat().st_size
+    sha = sha256_file(out)
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "gguf": out.name,
+        "source": {"path": str(cfg.source.resolve()), "kind": loaded.kind,
+                   "base": str(loaded.base.resolve()) if loaded.base else None,
+                   "adapter": str(loaded.adapter.resolve()) if loaded.adapter else None},
+        "architecture": hf_arch,
+        "gguf_architecture": info.architecture,
+        "quant_type": cfg.qtype,
+        "intermediate_type": None if direct else cfg.intermediate,
+        "tokenizer": {"model": info.tokenizer_model, "pre": info.tokenizer_pre},
+        "tied_embeddings": info.tied_embeddings,
+        "sizes": {"gguf_bytes": size, "parameters": info.n_params, "source_bytes": _source_bytes(cfg.source)},
+        "sha256": sha,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "dca_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")
+    log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
+    return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
+                        seconds=seconds, manifest=manifest)

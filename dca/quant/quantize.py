@@ -1,0 +1,118 @@
+"""Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize`` through llama-cpp-python).
+
+The names are llama.cpp's (``llama-quantize --help``); the numbers are its ``enum llama_ftype``, kept here so
+that validating ``--type`` does not import llama_cpp (a test checks them against ``llama_cpp.LLAMA_FTYPE_*``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError, QuantError, missing
+
+log = logging.getLogger(__name__)
+
+#: Types our own writer produces directly (no llama.cpp pass): name -> ``general.file_type``.
+WRITE_TYPES: dict[str, int] = {"F32": 0, "F16": 1, "BF16": 32}
+
+#: Types llama.cpp's quantizer produces from an F16/BF16/F32 GGUF: name -> ``llama_ftype``.
+LLAMA_CPP_TYPES: dict[str, int] = {
+    "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7,
+    "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15,
+    "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18,
+    "IQ3_XS": 22, "IQ3_XXS": 23, "IQ4_NL": 25, "IQ3_S": 26, "IQ3_M": 27, "IQ4_XS": 30,
+    "TQ1_0": 36, "TQ2_0": 37,
+}
+
+#: Types llama.cpp refuses to make without an importance matrix, which dca does not compute.
+NEEDS_IMATRIX: dict[str, int] = {"IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ1_S": 24, "IQ2_S": 28, "IQ2_M": 29,
+                                 "IQ1_M": 31}
+
+#: ``llama-quantize`` accepts these short names too.
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+#: Every name ``--type`` accepts, in the order ``--help`` lists them.
+QUANT_TYPES: tuple[str, ...] = (*WRITE_TYPES, *LLAMA_CPP_TYPES)
+
+
+def normalize_qtype(name: str, flag: str = "--type") -> str:
+    """The canonical spelling of a quantization type name (case-insensitive, aliases resolved).
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones), or one that needs an importance
+            matrix.
+    """
+    key = str(name).strip().upper().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key in NEEDS_IMATRIX:
+        raise ConfigError(f"{flag} {name}: llama.cpp makes this very-low-bit type only with an importance matrix "
+                          f"(imatrix), which dca does not compute; choose one of {', '.join(QUANT_TYPES)}")
+    if key not in WRITE_TYPES and key not in LLAMA_CPP_TYPES:
+        raise ConfigError(f"{flag} {name}: unknown quantization type; choose one of {', '.join(QUANT_TYPES)}")
+    return key
+
+
+def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None) -> None:
+    """Quantize the GGUF ``src`` (F32/F16/BF16) into ``dst`` with llama.cpp's quantizer.
+
+    llama.cpp picks per-tensor types itself: e.g. ``Q4_K_M`` keeps some ``attn_v``/``ffn_down`` tensors and the
+    output matrix at Q6_K, 1-D tensors stay F32, and a tensor whose rows do not fit the block size (256 for
+    k-quants) falls back to a legacy type.
+
+    Args:
+        src: the input GGUF.
+        dst: the file to write (overwritten).
+        qtype: a name of :data:`LLAMA_CPP_TYPES`.
+        threads: quantizer threads; None uses one per hardware thread.
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is not installed.
+        QuantError: llama.cpp failed (unreadable input, unsupported architecture, a write error).
+    """
+    try:
+        import llama_cpp
+        from llama_cpp import _logger
+    except ImportError as e:
+        raise missing("llama_cpp (llama-cpp-python)", "chat") from e
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_CPP_TYPES[qtype]
+    params.nthread = threads or 0
+    log.info("quantizing %s -> %s (%s)", src, dst, qtype)
+    # llama.cpp reports every tensor (and each k-quant fallback) on stderr; send it to logging meanwhile
+    _ERRORS.clear()
+    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    except OSError as e:  # a C++ exception surfaces as OSError through ctypes on some builds
+        raise QuantError(f"llama.cpp could not quantize {src} to {qtype} ({e})") from e
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    if rc != 0:
+        detail = " ".join(" ".join(_ERRORS).split())[-400:] or "no message; check free disk space"
+        raise QuantError(f"llama.cpp could not quantize {src} to {qtype}: {detail}")
+
+
+_CALLBACK = None  # kept referenced while llama.cpp holds the C function pointer
+_ERRORS: list[str] = []  # llama.cpp's error lines during the last quantize_gguf call
+
+
+def _log_callback():
+    """A llama.cpp log callback sending its lines to :mod:`logging` at DEBUG, and errors to ``_ERRORS``."""
+    global _CALLBACK
+    import llama_cpp
+
+    if _CALLBACK is None:
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data) -> None:
+            line = text.decode("utf-8", errors="replace").rstrip()
+            if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5)
+                _ERRORS.append(line)
+                log.debug("llama.cpp: %s", line)
+            elif line:
+                log.debug("llama.cpp: %s", line)
+
+        _CALLBACK = callback
+    return _CALLBACK
