@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -10,10 +9,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import DcaError
+from .cli_common import err, handles_errors, out
 
 app = typer.Typer(help="dca: small local language models composed with a RAG store and a thinking phase, offline.",
                   no_args_is_help=True, add_completion=False)
@@ -22,27 +20,8 @@ models_app = typer.Typer(help="List the bundled and registered models, or regist
 app.add_typer(rag_app, name="rag")
 app.add_typer(models_app, name="models")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
 STORE_DIR_HELP = "Store directory (default: $DCA_HOME/store)."
-
-
-def _handles_errors(fn):
-    """Turn dca's typed errors into a one-line message and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DcaError as e:
-            err.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
+_handles_errors = handles_errors
 
 
 def _store_dir(store_dir: Optional[Path]) -> Path:

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .cli import _handles_errors, err, out
+from .cli_common import err, out
+from .cli_common import handles_errors as _handles_errors
 
 quant_app = typer.Typer(
     help="Quantization: merge a LoRA adapter, export to GGUF (F16, Q8_0, Q4_K_M...), check it against its source.",
