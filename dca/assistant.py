@@ -53,8 +53,8 @@ class AssistantConfig:
         passage_order: where the best passage sits in the prompt. ``best_last`` (default) quotes the
             passages from the lowest-ranked to the best, so the best one is nearest the question: models use
             what is at the end of their context best (Liu et al. 2023, "Lost in the Middle"; LlamaIndex's
-            ``LongContextReorder``); on SQuAD dev items 300-359 it raised the bundled 135M model's token F1
-            from 7.4 to 14.7. ``best_first`` quotes them in rank order. Numbers always follow the rank ([1] best).
+            ``LongContextReorder``); on SQuAD dev items 300-419 (``dca eval --task qa``, 4 passages, repeat
+            penalty 1.0) it raised the bundled 135M model's F1 from 17.6 to 24.4. ``best_first`` quotes them in rank order. Numbers always follow the rank ([1] best).
         think: True/False forces the thinking phase on/off; None (auto) thinks with models that have
             their own think tags (``--think/--no-think``).
         thinking_budget: most tokens spent thinking before the answer is forced (``--thinking-budget``).

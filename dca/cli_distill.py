@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .cli import _handles_errors, err, out  # noqa: F401  (shared console and error handling)
+from .cli_common import err, out
+from .cli_common import handles_errors as _handles_errors
 
 distill_app = typer.Typer(
     help="Reasoning: generate or import chain-of-thought traces, verify and filter them, distill them (SFT).",
@@ -173,3 +174,162 @@ def distill_filter(
     lengths = f"; kept traces: median {kept['median']:.0f}, max {kept['max']} tokens" if kept["n"] else ""
     out.print(f"kept {report.kept} of {report.total} traces in {report.wall_s:.1f}s{lengths} ({report.token_counter})")
     out.print(f"wrote {cfg.out} and {cfg.report_dir}: verdicts.jsonl report.json lengths.png config.json")
+
+# -- train ---------------------------------------------------------------------------------------------------
+
+
+@distill_app.command("train")
+@_handles_errors
+def distill_train(
+    data: Optional[list[Path]] = typer.Argument(None, help="JSONL training data: dca traces, messages, conversations (ShareGPT), prompt/completion or text lines, detected by key."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory: config.yaml, manifest.json, metrics.jsonl, loss.png, adapter/, checkpoints/. Re-running the same command continues it."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Base model: HF model directory, GGUF file or name from 'dca models' \\[default: smollm2-135m-instruct]."),
+    method: Optional[str] = typer.Option(None, "--method", help="lora | full \\[default: lora]."),
+    qlora: Optional[bool] = typer.Option(None, "--qlora", help="LoRA on a 4-bit NF4 base (CUDA, bitsandbytes: pip install 'dca[qlora]')."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Adapter rank \\[default: 16]."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="Adapter scale numerator; updates are scaled by alpha/r \\[default: 32]."),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="Dropout on the adapter's input \\[default: 0.05]."),
+    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated linear layers to adapt, or all-linear \\[default: q,k,v,o,gate,up,down projections]."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per row; longer examples are cut \\[default: 1024]."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row, attention kept within each \\[default: packing]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per micro-batch \\[default: 4]."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step \\[default: 1]."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data \\[default: 1]."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: 2e-4 lora, 2e-5 full]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | linear | constant, after warmup \\[default: cosine]."),
+    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Fraction of steps of linear warmup \\[default: 0.03]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay \\[default: 0]."),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping norm; 0 disables \\[default: 1]."),
+    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Fraction of question ids held out for the eval loss \\[default: 0.05]."),
+    eval_data: Optional[list[Path]] = typer.Option(None, "--eval-data", help="JSONL for the eval loss instead of a held-out split; repeatable."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Eval loss every N steps \\[default: at each checkpoint and the end]."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps \\[default: 50]."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn for chat examples without one \\[default: none]."),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="Jinja chat template file replacing the tokenizer's."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 on a CUDA GPU that has it, else fp32]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N \\[default: auto]."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the adapter init, split, data order and dropout \\[default: 0]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o/--out-dir from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Delete the run files in -o/--out-dir and start over."),
+    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of TrainConfig settings (flags override it)."),
+):
+    """Fine-tune a small model on reasoning traces (SFT): LoRA, QLoRA or full, loss on assistant tokens only.
+
+    The thinking stays in the assistant turn between <think> tags; prompt tokens carry no loss. Rows are packed,
+    a held-out split gives the eval loss, checkpoints are written every --save-every steps and on Ctrl-C, and
+    running the same command again continues from the last one. RUN/config.yaml holds the settings:
+    dca distill train -c RUN/config.yaml repeats the run. Export the result with: dca quant export RUN
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .config import load_config
+    from .distill.train import TrainConfig, train
+
+    given = {"model": model, "method": method, "qlora": qlora, "lora_r": lora_r, "lora_alpha": lora_alpha,
+             "lora_dropout": lora_dropout, "target_modules": target_modules, "seq_len": seq_len, "packing": packing,
+             "batch_size": batch_size, "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "lr": lr,
+             "schedule": schedule, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay,
+             "max_grad_norm": max_grad_norm, "eval_fraction": eval_fraction, "eval_data": eval_data or None,
+             "eval_every": eval_every, "save_every": save_every, "system_prompt": system_prompt,
+             "chat_template": chat_template, "precision": precision, "device": device,
+             "gradient_checkpointing": gradient_checkpointing, "seed": seed, "resume": resume or None,
+             "force": force or None}
+    cfg = load_config(TrainConfig, config_path, data=data or None, out_dir=out_dir, **given)
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("eval {task.fields[eval]}"),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                   console=err)
+    bar_task = bar.add_task("train", total=None, loss="-", eval="-", rate="", eta="-")
+
+    def progress(p):
+        bar.start()  # on the first call: the model is loaded and the data prepared
+        eta = "-" if p.eta_s is None else f"{int(p.eta_s // 3600)}:{int(p.eta_s % 3600 // 60):02d}:{int(p.eta_s % 60):02d}"
+        bar.update(bar_task, completed=p.step, total=p.total_steps, eta=eta,
+                   loss="-" if p.loss is None else f"{p.loss:.4f}",
+                   eval="-" if p.eval_loss is None else f"{p.eval_loss:.4f}",
+                   rate="" if p.tokens_per_s is None else f"{p.tokens_per_s:,.0f} tok/s")
+
+    try:
+        result = train(cfg, progress=progress)
+    except KeyboardInterrupt:
+        bar.stop()
+        err.print(f"[yellow]interrupted[/]: a checkpoint is in {cfg.out_dir / 'checkpoints'}; run the same command "
+                  "to continue")
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    for b in result.bad:
+        err.print(f"[yellow]skipped[/] {b}")
+    if result.already_complete:
+        out.print(f"{result.run_dir} is complete ({result.steps}/{result.total_steps} steps); --force starts it over")
+    else:
+        s = result.stats
+        resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
+        out.print(f"{s['train_examples']} train / {s['eval_examples']} eval examples in {s['train_rows']} rows "
+                  f"({s['fill']:.0%} filled, {s['truncated']} truncated); {result.trainable_params:,} of "
+                  f"{result.total_params:,} parameters trained{resumed}")
+    ev = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
+    loss = (f"loss {result.first_loss:.4f} -> {result.loss:.4f}{ev}; "
+            if result.first_loss is not None and result.loss is not None else "")
+    rate = f"{result.tokens_per_s:,.0f} tok/s; " if result.tokens_per_s else ""
+    out.print(f"{result.steps}/{result.total_steps} steps, {loss}{rate}{result.train_seconds:.1f}s training")
+    out.print(f"wrote {result.output}; export it with: dca quant export {result.run_dir}")
+
+# -- run -----------------------------------------------------------------------------------------------------
+
+
+@distill_app.command("run")
+@_handles_errors
+def distill_run(
+    config_path: Path = typer.Argument(..., help="YAML file: out_dir and one section per stage (import_traces or generate, filter, train, export, quantize, eval)."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Directory of every stage's output (overrides out_dir in the file)."),
+    force: bool = typer.Option(False, "--force", help="Run every stage again, even when up to date."),
+):
+    """Run the whole distillation chain from one YAML file: import or generate -> filter -> train -> export -> quantize -> eval.
+
+    A stage whose inputs and settings are unchanged since it last finished is skipped (STAGE.stamp.json beside
+    its output records the hash); an interrupted stage continues where it stopped when the command is run again.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .config import load_config
+    from .distill.pipeline import PipelineConfig, run_pipeline
+    from .distill.train import TrainProgress
+
+    cfg = load_config(PipelineConfig, config_path, out_dir=out_dir, force=force or None)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn(), console=err, transient=True)
+    bar_task = bar.add_task("", total=None, info="")
+
+    def progress(stage, event):
+        if event in ("start", "skip", "done"):
+            if event == "start":
+                bar.start()
+                bar.update(bar_task, description=stage, completed=0, total=None, info="")
+            elif event == "skip":
+                err.print(f"[dim]{stage}: up to date, skipped[/]")
+            return
+        if isinstance(event, TrainProgress):
+            info = "" if event.loss is None else f"loss {event.loss:.4f}" + (
+                f"  {event.tokens_per_s:,.0f} tok/s" if event.tokens_per_s else "")
+            bar.update(bar_task, completed=event.step, total=event.total_steps, info=info)
+        elif isinstance(event, tuple) and len(event) == 3:  # eval: (done, total, accuracy)
+            done, total, acc = event
+            bar.update(bar_task, completed=done, total=total, info="" if acc is None else f"accuracy {acc:.1%}")
+        elif isinstance(event, str):
+            bar.update(bar_task, info=event)
+        elif hasattr(event, "done") and hasattr(event, "total"):
+            bar.update(bar_task, completed=event.done, total=event.total)
+
+    try:
+        report = run_pipeline(cfg, progress=progress)
+    finally:
+        bar.stop()
+    table = Table("stage", "action", "seconds", "result")
+    for s in report.stages:
+        table.add_row(s.stage, s.action, f"{s.seconds:.1f}", s.summary)
+    out.print(table)
+    out.print(f"outputs in {report.out_dir}")

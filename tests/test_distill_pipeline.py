@@ -1,0 +1,143 @@
+"""``dca distill run``: the chain import -> filter -> train -> export from one YAML, stages skipped when up to date."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("gguf")
+
+from typer.testing import CliRunner
+
+from dca.cli import app
+from dca.errors import ConfigError
+
+from test_distill_train import tiny  # noqa: F401  (the tiny Llama fixture, shared)
+
+
+@pytest.fixture
+def gsm8k(tmp_path):
+    p = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": f"Natalia sold {n} clips in April and half as many in May. How many clips in all?",
+             "answer": f"She sold {n}/2 = <<{n}/2={n // 2}>>{n // 2} in May.\nIn all {n}+{n // 2} = {n * 3 // 2}.\n"
+                       f"#### {n * 3 // 2}"} for n in range(10, 26, 2)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def write_config(path, tiny, gsm8k, out, **train):
+    cfg = {"out_dir": str(out), "import_traces": {"src": str(gsm8k)}, "filter": {"max_per_question": 1},
+           "train": {"model": str(tiny), "max_steps": 1, "lora_r": 4, "seq_len": 128, "batch_size": 2,
+                     "eval_fraction": 0.0, **train},
+           "export": {"qtype": "F32"}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def load(path):
+    from dca.config import load_config
+    from dca.distill.pipeline import PipelineConfig
+
+    return load_config(PipelineConfig, path)
+
+
+def test_the_chain_runs_once_then_skips_what_is_up_to_date(tiny, gsm8k, tmp_path):
+    from dca.distill.pipeline import run_pipeline
+
+    out = tmp_path / "chain"
+    path = write_config(tmp_path / "chain.yaml", tiny, gsm8k, out)
+    first = run_pipeline(load(path))
+    assert [(s.stage, s.action) for s in first.stages] == [("import_traces", "ran"), ("filter", "ran"),
+                                                           ("train", "ran"), ("export", "ran")]
+    assert "kept 8 of 8 traces" in first.stages[1].summary
+    for name in ("traces.jsonl", "sft.jsonl", "sft.report", "train/adapter/adapter_config.json", "model.F32.gguf",
+                 "import_traces.stamp.json", "filter.stamp.json", "train.stamp.json", "export.stamp.json"):
+        assert (out / name).exists(), name
+    stamp = json.loads((out / "train.stamp.json").read_text())
+    assert stamp["status"] == "done" and stamp["settings"]["lora_r"] == 4 and len(stamp["hash"]) == 64
+    assert stamp["inputs"][0] == str(out / "sft.jsonl")
+
+    again = run_pipeline(load(path))
+    assert [s.action for s in again.stages] == ["skipped"] * 4
+
+    write_config(path, tiny, gsm8k, out, lora_r=8)  # a train setting changed: train and what follows rerun
+    changed = run_pipeline(load(path))
+    assert [s.action for s in changed.stages] == ["skipped", "skipped", "ran", "ran"]
+    assert json.loads((out / "train" / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+    gsm8k.write_text(gsm8k.read_text().replace("Natalia", "Nadia"))  # the source changed: everything reruns
+    assert [s.action for s in run_pipeline(load(path)).stages] == ["ran"] * 4
+
+
+def test_quantize_stage_follows_a_full_precision_export(tiny, gsm8k, tmp_path):  # noqa: F811
+    pytest.importorskip("llama_cpp")
+    from dca.distill.pipeline import run_pipeline
+
+    path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "q")
+    data = yaml.safe_load(path.read_text())
+    data["export"] = {"qtype": "F16"}
+    data["quantize"] = {"qtype": "q8_0"}
+    path.write_text(yaml.safe_dump(data))
+    report = run_pipeline(load(path))
+    assert [s.stage for s in report.stages][-2:] == ["export", "quantize"]
+    gguf = tmp_path / "q" / "model.Q8_0.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF" and (tmp_path / "q" / "model.F16.gguf").is_file()
+    assert [s.action for s in run_pipeline(load(path)).stages] == ["skipped"] * 5
+
+
+def test_an_interrupted_training_stage_continues(tiny, gsm8k, tmp_path):
+    from dca.distill.pipeline import run_pipeline
+
+    out = tmp_path / "chain"
+    path = write_config(tmp_path / "chain.yaml", tiny, gsm8k, out, max_steps=3)
+
+    def stop_at_two(stage, event):
+        if stage == "train" and getattr(event, "step", 0) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(load(path), progress=stop_at_two)
+    assert json.loads((out / "train.stamp.json").read_text())["status"] == "running"
+    report = run_pipeline(load(path))
+    assert [s.action for s in report.stages] == ["skipped", "skipped", "continued", "ran"]
+    assert json.loads((out / "train" / "manifest.json").read_text())["step"] == 3
+    assert [json.loads(x)["step"] for x in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"train": {"lora_r": 0}}, "train: --lora-r must be"),
+    ({"train": {"bogus": 1}}, r"train: unknown setting\(s\) bogus"),
+    ({"generate": {"questions": "q.jsonl", "teacher": "gguf"}}, "one source of traces"),
+    ({"eval": {"task": "gsm8k", "data": "x.jsonl"}, "export": None}, "add an export section"),
+    ({"train": None}, "add a train section"),
+    ({"quantize": {"qtype": "Q4_K_M"}, "export": {"qtype": "Q8_0"}}, "set export.qtype to one of"),
+])
+def test_config_errors_name_the_section_and_setting(tiny, gsm8k, tmp_path, change, message):
+    path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "o")
+    data = yaml.safe_load(path.read_text())
+    for k, v in change.items():
+        if v is None:
+            data.pop(k)
+        elif isinstance(data.get(k), dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+
+
+def test_run_command(tiny, gsm8k, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["distill", "run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--force" in result.output and "import_traces" in result.output
+    path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "unused")
+    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "export" in result.output and (tmp_path / "cli" / "model.F32.gguf").is_file()
+    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and result.output.count("skipped") >= 4
