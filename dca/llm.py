@@ -160,6 +160,16 @@ class LlamaCppLLM:
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
                                stop=stop, seed=seed, cancel=cancel)
 
+    def reset(self) -> None:
+        """Forget the evaluated tokens, so the next call evaluates its prompt from scratch.
+
+        llama-cpp-python reuses the KV cache of the longest common prefix with the previous call; evaluating
+        a prompt in other batch splits changes its logits in the last bits, enough to flip a greedy token
+        now and then. After a reset the output no longer depends on what ran before (``dca eval`` resets
+        before each item, so a resumed run answers exactly as an uninterrupted one).
+        """
+        self.llama.reset()
+
     def close(self) -> None:
         """Free the model's memory now rather than at garbage collection."""
         self.llama.close()

@@ -303,6 +303,9 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
                 continue
             t0 = time.perf_counter()
             assistant.reset()
+            reset = getattr(assistant.llm, "reset", None)
+            if reset is not None:  # each item from a clean context: outputs independent of item order (resume)
+                reset()
             answer = assistant.ask(item.question)
             rec = _record(item, answer, score_answer(cfg.task, item, answer, k))
             if recall_k:
