@@ -17,6 +17,14 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data; skips the test when the shared data sets are absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared data sets sit beside the project)")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def dca_home(tmp_path, monkeypatch):
     home = tmp_path / "dca-home"

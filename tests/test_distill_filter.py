@@ -16,18 +16,12 @@ from dca.distill.filter import REASONS, REPORT_FILES, FilterConfig, filter_trace
 from dca.distill.importers import import_traces
 from dca.distill.similarity import NgramIndex, approx_tokens, repetition
 from dca.distill.traces import Trace, TraceWriter
+from conftest import shared_file
 from dca.errors import ConfigError, LoaderError, MissingDependencyError
 from dca.reasoning import extract_answer, is_equivalent
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
-
-
-def _shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data sets sit beside the project)")
-    return path
+_shared = shared_file
 
 
 def _prose(seed: int, words: int = 300) -> str:

@@ -17,18 +17,12 @@ from dca.distill.traces import (
     split_thinking,
     to_messages,
 )
+from conftest import shared_file
 from dca.errors import ConfigError, LoaderError
 from dca.reasoning import extract_answer, is_equivalent
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
-
-
-def _shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data sets sit beside the project)")
-    return path
+_shared = shared_file
 
 
 def _rows(path: Path) -> list[dict]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from dca.errors import MissingDependencyError
+from conftest import shared_file
 from dca.reasoning import (
     exact_match,
     extract_answer,
@@ -18,13 +18,8 @@ from dca.reasoning import (
     token_f1,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 def _rows(name: str) -> list[dict]:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data sets sit beside the project)")
+    path = shared_file(name)
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
