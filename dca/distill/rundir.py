@@ -35,11 +35,13 @@ before that. There is no ``config.json`` at the top: ``dca quant export`` reads 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -109,6 +111,22 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to fill; on success it replaces ``final`` whole, on failure it is removed."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, rng: dict, state: dict, keep: int) -> Path:
     """Write ``checkpoints/step-STEP`` (layout in the module docstring) and delete all but the newest ``keep``."""
     import torch
@@ -116,23 +134,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, rng: 
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with _atomic_dir(final) as tmp:
+        tmp.mkdir()
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         torch.save(trainable, tmp / "trainable.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     for _, old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -228,20 +237,12 @@ def plot_loss(run_dir: Path) -> None:
 def save_final(run_dir: Path, model, tokenizer, *, method: str, base_path: Path) -> Path:
     """Write ``adapter/`` (LoRA) or ``model/`` (full) atomically, with the tokenizer; returns the directory."""
     name = ADAPTER if method == "lora" else MODEL
-    final, tmp = run_dir / name, run_dir / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    final = run_dir / name
+    with _atomic_dir(final) as tmp:
         if method == "lora":
             model.peft_config["default"].base_model_name_or_path = str(base_path)
             model.save_pretrained(str(tmp), save_embedding_layers=False)  # False: no Hub lookup of the base
         else:
             model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final
