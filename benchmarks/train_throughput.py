@@ -11,7 +11,7 @@ second of wall time over ``--steps`` steps after ``--warmup`` steps; the ratio o
 (target >= 1.0).
 
     .venv/bin/python benchmarks/train_throughput.py [--model tiny|bundled] [--steps 4] [--rounds 2]
-        [--batch-size 4] [--seq-len 512] [--json-out F]
+        [--batch-size 4] [--seq-len 512] [--precision fp32|bf16] [--json-out F]
 
 ``--model tiny`` is a random Llama (hidden 384, 6 layers, 6 heads, 2 KV heads) with SmolLM2's tokenizer and
 vocabulary; ``bundled`` is SmolLM2-135M-Instruct itself, dequantized from the bundled GGUF and saved as an HF
@@ -100,7 +100,8 @@ def run_dca(model: str, data: Path, work: Path, args) -> dict:
     cfg = TrainConfig(data=[data], out_dir=work / f"dca-{time.time_ns()}", model=model, lora_r=LORA["r"],
                       lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"], target_modules=TARGETS,
                       seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.warmup + args.steps + 1, lr=LR,
-                      warmup_ratio=0.0, eval_fraction=0.0, save_every=10_000, seed=0)
+                      warmup_ratio=0.0, eval_fraction=0.0, save_every=10_000, seed=0,
+                      precision=args.precision)
     train(cfg, progress=progress)
     (t0, k0), (t1, k1) = marks[args.warmup], marks[args.warmup + args.steps]
     return {"tokens": k1 - k0, "seconds": t1 - t0, "tokens_per_s": (k1 - k0) / (t1 - t0),
@@ -139,7 +140,7 @@ def run_trainer(model: str, data: Path, work: Path, args) -> dict:
                               warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
                               logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
                               use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, seed=0,
-                              disable_tqdm=True)
+                              disable_tqdm=True, bf16=args.precision == "bf16")
     Trainer(model=peft_model, args=targs, train_dataset=dataset, data_collator=collate,
             callbacks=[Clock()]).train()
     measured = batches[args.warmup:args.warmup + args.steps]
@@ -159,6 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="measured steps per run (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="Trainer/dca pairs, alternating (default: %(default)s)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="both trainers in fp32, or both in bf16 autocast (TrainingArguments(bf16=True)) "
+                        "(default: %(default)s)")
     p.add_argument("--json-out", type=Path, default=None)
     args = p.parse_args(argv)
     if not (args.data_dir / "gsm8k_train.jsonl").exists():
@@ -182,7 +186,7 @@ def main(argv=None) -> int:
     dca = statistics.median(r["tokens_per_s"] for r in results["dca"])
     ratio = dca / hf
     per_round = [d["tokens_per_s"] / t["tokens_per_s"] for d, t in zip(results["dca"], results["trainer"])]
-    print(f"\nmodel {args.model}, batch {args.batch_size}, seq len {args.seq_len}, LoRA r {LORA['r']}, "
+    print(f"\nmodel {args.model}, batch {args.batch_size}, seq len {args.seq_len}, LoRA r {LORA['r']}, {args.precision}, "
           f"{torch.get_num_threads()} threads")
     print(f"transformers Trainer {hf:.1f} tok/s, dca {dca:.1f} tok/s: ratio {ratio:.2f} (target >= 1.0)  "
           f"{'PASS' if ratio >= 1.0 else 'FAIL'}")

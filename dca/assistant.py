@@ -55,6 +55,13 @@ class AssistantConfig:
             what is at the end of their context best (Liu et al. 2023, "Lost in the Middle"; LlamaIndex's
             ``LongContextReorder``); on SQuAD dev items 300-419 (``dca eval --task qa``, 4 passages, repeat
             penalty 1.0) it raised the bundled 135M model's F1 from 17.6 to 24.4. ``best_first`` quotes them in rank order. Numbers always follow the rank ([1] best).
+        context_sentences: sentence-level context compression: 0 (default) quotes the retrieved passages
+            whole; N > 0 keeps only the N sentences of all retrieved passages most similar to the question
+            (cosine of the store's embeddings), each passage keeping its sentences in document order, and drops
+            passages left without one (``--context-sentences``). An extractive compressor in the manner of
+            RECOMP (Xu et al. 2023, "RECOMP: Improving Retrieval-Augmented LMs with Compression and Selective
+            Augmentation") and LlamaIndex's ``SentenceEmbeddingOptimizer``: a small model reads a few
+            relevant sentences better than several long passages, and the prompt is shorter.
         think: True/False forces the thinking phase on/off; None (auto) thinks with models that have
             their own think tags (``--think/--no-think``).
         thinking_budget: most tokens spent thinking before the answer is forced (``--thinking-budget``).
@@ -79,6 +86,7 @@ class AssistantConfig:
     min_similarity: float = 0.2
     search_mode: str = "hybrid"
     passage_order: str = "best_last"
+    context_sentences: int = 0
     think: bool | None = None
     thinking_budget: int = 256
     max_tokens: int = 256
@@ -102,6 +110,8 @@ class AssistantConfig:
             raise ConfigError(f"--mode must be hybrid, dense or lexical, got {self.search_mode!r}")
         if self.passage_order not in ("best_last", "best_first"):
             raise ConfigError(f"passage_order must be best_last or best_first, got {self.passage_order!r}")
+        if self.context_sentences < 0:
+            raise ConfigError(f"--context-sentences must be >= 0, got {self.context_sentences}")
         if self.thinking_budget < 1 or self.max_tokens < 1:
             raise ConfigError("--thinking-budget and --max-tokens must be >= 1")
         if self.temperature < 0:
@@ -365,13 +375,34 @@ class Assistant:
         self._cancel.set()
 
     def retrieve(self, question: str) -> tuple[Source, ...]:
-        """The passages for ``question``: top-k hits above the similarity threshold, numbered from 1."""
+        """The passages for ``question``: top-k hits above the similarity threshold, numbered from 1 in rank
+        order, compressed to their most relevant sentences when ``context_sentences`` > 0."""
         cfg = self.config
         if self.store is None or cfg.top_k == 0:
             return ()
         hits = self.store.search(question, k=cfg.top_k, mode=cfg.search_mode)
-        kept = [h for h in hits if h.similarity >= cfg.min_similarity]
-        return tuple(Source(i + 1, h.title, h.source, h.text, h.similarity) for i, h in enumerate(kept))
+        kept = [(h.title, h.source, h.text, h.similarity) for h in hits if h.similarity >= cfg.min_similarity]
+        if cfg.context_sentences and kept:
+            kept = self._compress(question, kept, cfg.context_sentences)
+        return tuple(Source(i + 1, *h) for i, h in enumerate(kept))
+
+    def _compress(self, question: str, hits: list[tuple], n: int) -> list[tuple]:
+        """Keep the ``n`` sentences of ``hits`` (title, source, text, similarity) most similar to ``question``."""
+        from .rag.chunking import split_sentences
+
+        sentences = [(i, s) for i, h in enumerate(hits) for s in split_sentences(h[2])]
+        if len(sentences) <= n:
+            return hits
+        embedder = self.store.embedder
+        q = embedder.embed([question], is_query=True)[0]
+        scores = embedder.embed([s for _, s in sentences]) @ q
+        best = set(sorted(range(len(sentences)), key=lambda j: -float(scores[j]))[:n])
+        out = []
+        for i, (title, source, _text, sim) in enumerate(hits):
+            picked = [s for j, (h, s) in enumerate(sentences) if h == i and j in best]
+            if picked:
+                out.append((title, source, " ".join(picked), sim))
+        return out
 
     def _thinking(self) -> bool:
         think = self.config.think

@@ -207,7 +207,7 @@ def distill_train(
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps \\[default: 50]."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn for chat examples without one \\[default: none]."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="Jinja chat template file replacing the tokenizer's."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 on a CUDA GPU that has it, else fp32]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) has it, else fp32]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N \\[default: auto]."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the adapter init, split, data order and dropout \\[default: 0]."),

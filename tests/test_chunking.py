@@ -166,3 +166,12 @@ def test_whitespace_only_text_gives_no_chunks():
 def test_bad_options_name_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         chunk_document(_doc("some text"), **kwargs)
+
+
+def test_split_sentences_at_sentence_ends_and_paragraph_breaks():
+    from dca.rag.chunking import split_sentences
+
+    text = 'It rained. "Stop!" she said. Was it 3.5 km?\n\nNew paragraph without a stop\nsame paragraph.  '
+    assert split_sentences(text) == ["It rained.", '"Stop!" she said.', "Was it 3.5 km?",
+                                     "New paragraph without a stop\nsame paragraph."]
+    assert split_sentences("   ") == [] and split_sentences("one") == ["one"]

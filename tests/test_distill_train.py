@@ -276,6 +276,21 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_metrics(tiny, traces
     assert again.already_complete and again.steps == 4
 
 
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                      (False, True, "bf16")])
+def test_auto_precision_is_bf16_on_cpus_that_compute_in_it(tiny, traces_file, tmp_path, monkeypatch,
+                                                           avx512_bf16, amx, expected):
+    from dca.distill.train import train
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cfg = cfg_for(tiny, traces_file, tmp_path / "run", max_steps=1, eval_fraction=0.0, device="cpu")
+    assert cfg.precision == "auto"
+    result = train(cfg)
+    assert json.loads((cfg.out_dir / "manifest.json").read_text())["precision"] == expected
+    assert result.loss is not None and math.isfinite(result.loss)
+
+
 def test_cancel_writes_a_checkpoint_and_raises(tiny, traces_file, tmp_path):
     from dca.distill.train import train
     from dca.errors import Cancelled

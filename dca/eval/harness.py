@@ -47,6 +47,7 @@ _FLAGS = {
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
     "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
     "temperature": "--temperature", "top_k": "-k/--top-k", "repeat_penalty": "--repeat-penalty",
+    "context_sentences": "--context-sentences",
 }
 
 
@@ -68,7 +69,7 @@ class EvalConfig:
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
-        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty: override the
+        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty, context_sentences: override the
             :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
 
     Raises:
@@ -91,6 +92,7 @@ class EvalConfig:
     temperature: float | None = None
     top_k: int | None = None
     repeat_penalty: float | None = None
+    context_sentences: int | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -131,7 +133,8 @@ def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
 
     changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
                "samples": cfg.samples, "effort": cfg.effort}
-    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k", "repeat_penalty"):
+    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k", "repeat_penalty",
+                 "context_sentences"):
         if getattr(cfg, name) is not None:
             changes[name] = getattr(cfg, name)
     return replace(base if base is not None else AssistantConfig(), **changes)

@@ -50,6 +50,22 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences at ``[.!?]`` (and closing quotes or brackets) followed by whitespace and a
+    character that is not a lower-case letter (``"Stop!" she said.`` stays one sentence), and at paragraph
+    breaks; each sentence stripped, empty ones dropped."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        start = 0
+        for m in _SENTENCE_END.finditer(para):
+            if m.end() < len(para) and para[m.end()].islower():
+                continue
+            out.append(para[start:m.end()].strip())
+            start = m.end()
+        out.append(para[start:].strip())
+    return [s for s in out if s]
+
+
 def chunk_document(doc: Document, *, max_tokens: int = 220, overlap_tokens: int = 32) -> list[Chunk]:
     """Split a document into chunks of at most ``max_tokens`` tokens (see :func:`count_tokens`).
 
