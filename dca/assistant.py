@@ -388,6 +388,8 @@ class Assistant:
 
     def _compress(self, question: str, hits: list[tuple], n: int) -> list[tuple]:
         """Keep the ``n`` sentences of ``hits`` (title, source, text, similarity) most similar to ``question``."""
+        import numpy as np
+
         from .rag.chunking import split_sentences
 
         sentences = [(i, s) for i, h in enumerate(hits) for s in split_sentences(h[2])]
@@ -396,13 +398,10 @@ class Assistant:
         embedder = self.store.embedder
         q = embedder.embed([question], is_query=True)[0]
         scores = embedder.embed([s for _, s in sentences]) @ q
-        best = set(sorted(range(len(sentences)), key=lambda j: -float(scores[j]))[:n])
-        out = []
-        for i, (title, source, _text, sim) in enumerate(hits):
-            picked = [s for j, (h, s) in enumerate(sentences) if h == i and j in best]
-            if picked:
-                out.append((title, source, " ".join(picked), sim))
-        return out
+        picked: dict[int, list[str]] = {}
+        for j in sorted(np.argsort(-scores, kind="stable")[:n]):  # document order within each passage
+            picked.setdefault(sentences[j][0], []).append(sentences[j][1])
+        return [(t, src, " ".join(picked[i]), sim) for i, (t, src, _, sim) in enumerate(hits) if i in picked]
 
     def _thinking(self) -> bool:
         think = self.config.think
