@@ -209,6 +209,7 @@ def chat(
     mode: Optional[str] = typer.Option(None, "--mode", help="Retrieval: hybrid | dense | lexical \\[default: hybrid]."),
     min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Drop passages below this cosine \\[default: 0.2]."),
     context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences most similar to the question; 0 quotes passages whole \\[default: 0]."),
+    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with a verbatim span of one retrieved passage (copy-constrained decoding), cited \\[default: off]."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: 0]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off \\[default: 1.1]."),
@@ -227,7 +228,7 @@ def chat(
 
     config = load_config(AssistantConfig, config_path, think=think, thinking_budget=thinking_budget, top_k=k,
                          search_mode=mode, min_similarity=min_similarity, context_sentences=context_sentences,
-                         max_tokens=max_tokens,
+                         quote=quote, max_tokens=max_tokens,
                          temperature=temperature, repeat_penalty=repeat_penalty, effort=effort, samples=samples,
                          vote=vote, min_thinking_tokens=min_thinking_tokens)
     bot = Assistant(model=model, store=store_dir, config=config)
@@ -312,6 +313,7 @@ def eval_run(
     k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="> 1 discourages repeated tokens; 1 is off \\[default: 1.1]."),
     context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences most similar to the question; 0 quotes passages whole \\[default: 0]."),
+    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with a verbatim span of one retrieved passage (copy-constrained decoding), cited \\[default: off]."),
 ):
     """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
 
@@ -331,7 +333,7 @@ def eval_run(
     given = {"limit": limit, "model": model, "store_dir": store_dir, "effort": effort, "samples": samples,
              "out_dir": out_dir, "think": think, "thinking_budget": thinking_budget, "max_tokens": max_tokens,
              "temperature": temperature, "top_k": k, "repeat_penalty": repeat_penalty,
-             "context_sentences": context_sentences}
+             "context_sentences": context_sentences, "quote": quote}
     cfg = EvalConfig(task=task, data=data, resume=resume, force=force, **{n: v for n, v in given.items() if v is not None})
     err.print(f"[dim]run directory: {cfg.out_dir}[/]")
     bar = Progress(TextColumn(cfg.task), BarColumn(), MofNCompleteColumn(), TextColumn("accuracy {task.fields[acc]}"),

@@ -160,6 +160,18 @@ class LlamaCppLLM:
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
                                stop=stop, seed=seed, cancel=cancel)
 
+    def quote(self, prompt: str, passages: Sequence[str], *, question: str = "",
+              cancel: Callable[[], bool] | None = None):
+        """The span of ``passages`` most probable as the whole answer to ``prompt`` (:mod:`dca.quote`).
+
+        Returns:
+            a :class:`dca.quote.Quote`.
+        """
+        from .quote import generate_quote
+
+        return generate_quote(self.llama, prompt, passages, question=question, end_token=self.llama.token_eos(),
+                              cancel=cancel)
+
     def reset(self) -> None:
         """Forget the evaluated tokens, so the next call evaluates its prompt from scratch.
 

@@ -225,6 +225,20 @@ def test_resume_refuses_other_settings_and_a_non_empty_dir_needs_resume_or_force
     assert report.items == 4 and len(lines(tmp_path / "cut" / "predictions.jsonl")) == 4
 
 
+def test_resume_of_a_run_recorded_before_a_setting_existed_takes_its_default(tmp_path, scripted_llm):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path, math_model(scripted_llm), name="cut", progress=interrupt_after(2))
+    config = tmp_path / "cut" / "config.json"
+    stored = json.loads(config.read_text())
+    del stored["settings"]["assistant"]["quote"]  # a run made by a dca without --quote
+    config.write_text(json.dumps(stored))
+    assert evaluate(tmp_path, math_model(scripted_llm), name="cut", resume=True).items == 10
+    stored["settings"]["assistant"]["quote"] = True  # a recorded value other than the new one still refuses
+    config.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="--quote was True, now False"):
+        evaluate(tmp_path, math_model(scripted_llm), name="cut", resume=True)
+
+
 def test_a_corrupt_middle_line_is_an_error_not_silently_dropped(tmp_path, scripted_llm):
     with pytest.raises(KeyboardInterrupt):
         evaluate(tmp_path, math_model(scripted_llm), name="cut", progress=interrupt_after(3))

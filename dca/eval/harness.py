@@ -47,7 +47,7 @@ _FLAGS = {
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
     "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
     "temperature": "--temperature", "top_k": "-k/--top-k", "repeat_penalty": "--repeat-penalty",
-    "context_sentences": "--context-sentences",
+    "context_sentences": "--context-sentences", "quote": "--quote",
 }
 
 
@@ -69,7 +69,7 @@ class EvalConfig:
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
-        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty, context_sentences: override the
+        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty, context_sentences, quote: override the
             :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
 
     Raises:
@@ -93,6 +93,7 @@ class EvalConfig:
     top_k: int | None = None
     repeat_penalty: float | None = None
     context_sentences: int | None = None
+    quote: bool | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -134,7 +135,7 @@ def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
     changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
                "samples": cfg.samples, "effort": cfg.effort}
     for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k", "repeat_penalty",
-                 "context_sentences"):
+                 "context_sentences", "quote"):
         if getattr(cfg, name) is not None:
             changes[name] = getattr(cfg, name)
     return replace(base if base is not None else AssistantConfig(), **changes)
@@ -183,9 +184,16 @@ def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
 
 
 def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The flags whose values differ between a run's stored settings and the new ones. An assistant setting
+    that a run made by an older dca did not record counts as that setting's default."""
+    from dataclasses import fields
+
+    from ..assistant import AssistantConfig
+
+    defaults = {f.name: f.default for f in fields(AssistantConfig)} if prefix == "assistant." else {}
     diffs = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, defaults.get(key)), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _settings_diff(a, b, prefix=key + ".")
         elif a != b:

@@ -187,6 +187,29 @@ def _fts_query(query: str) -> str | None:
     return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
 
 
+def bm25_scores(query: str, texts: list[str]) -> np.ndarray:
+    """BM25 scores of ``texts`` for ``query`` (higher is better; 0 for texts matching no query term), by an
+    in-memory SQLite FTS5 table with the store's tokenizer (Porter-stemmed, unicode61) and query form
+    (function words dropped, terms OR-ed). Term statistics are those of ``texts`` alone.
+
+    Returns:
+        float array, shape (len(texts),).
+    """
+    scores = np.zeros(len(texts))
+    match = _fts_query(query)
+    if match is None or not texts:
+        return scores
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61')")
+        db.executemany("INSERT INTO t(rowid, text) VALUES (?, ?)", ((i + 1, x) for i, x in enumerate(texts)))
+        for rowid, bm25 in db.execute("SELECT rowid, bm25(t) FROM t WHERE t MATCH ?", (match,)):
+            scores[rowid - 1] = -bm25  # FTS5's bm25() is negated: lower is better
+    finally:
+        db.close()
+    return scores
+
+
 class Store:
     """A RAG store directory (see the module docstring for its format).
 
