@@ -127,7 +127,7 @@ def score_spans(llama, prompt: str, spans: Sequence[str], end_token: int, *, par
     import llama_cpp
     from llama_cpp import _internals
 
-    from .sampling import _decode
+    from .sampling import _decode, decode_prompt
 
     tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     encoded = [llama.tokenize(s.encode("utf-8"), add_bos=False, special=False) + [end_token] for s in spans]
@@ -146,17 +146,7 @@ def score_spans(llama, prompt: str, spans: Sequence[str], end_token: int, *, par
     scores = np.full(len(spans), -np.inf)
     decoded = 0
     try:
-        for start in range(0, len(tokens), params.n_batch):
-            part = tokens[start:start + params.n_batch]
-            batch.n_tokens = len(part)
-            for i, tok in enumerate(part):
-                batch.token[i] = tok
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = n
-                for s in range(n):
-                    batch.seq_id[i][s] = s
-                batch.logits[i] = start + i == len(tokens) - 1
-            _decode(ctx, batch)
+        decode_prompt(ctx, batch, tokens, params.n_batch, range(n))
         first = _log_softmax_rows(np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(ctx.ctx, batch.n_tokens - 1), shape=(1, n_vocab)).copy())[0]
         memory = llama_cpp.llama_get_memory(ctx.ctx)

@@ -51,6 +51,22 @@ def _decode(ctx, batch) -> None:
         raise RuntimeError(f"llama_decode failed with code {rc} (context full or out of memory)")
 
 
+def decode_prompt(ctx, batch, tokens: Sequence[int], n_batch: int, seq_ids: Sequence[int]) -> None:
+    """Decode ``tokens`` at positions 0.. in ``n_batch`` chunks, each token in every sequence of ``seq_ids``
+    (shared KV cells); logits are kept for the last token only."""
+    for start in range(0, len(tokens), n_batch):
+        part = tokens[start:start + n_batch]
+        batch.n_tokens = len(part)
+        for i, tok in enumerate(part):
+            batch.token[i] = tok
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = len(seq_ids)
+            for j, s in enumerate(seq_ids):
+                batch.seq_id[i][j] = s
+            batch.logits[i] = start + i == len(tokens) - 1
+        _decode(ctx, batch)
+
+
 def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, top_p: float = 0.95,
                     stop: Sequence[str] = (), seed: int = 0,
                     cancel: Callable[[], bool] | None = None) -> list[Completion]:
@@ -99,16 +115,7 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
     n_vocab = llama.n_vocab()
     try:
         # 1. the prompt, every token in all n sequences; logits for the last one only
-        for start in range(0, len(tokens), params.n_batch):
-            part = tokens[start:start + params.n_batch]
-            batch.n_tokens = len(part)
-            for i, tok in enumerate(part):
-                batch.token[i] = tok
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = start + i == len(tokens) - 1
-            _decode(ctx, batch)
+        decode_prompt(ctx, batch, tokens, params.n_batch, [0])
         memory = llama_cpp.llama_get_memory(ctx.ctx)
         for s in range(1, n):  # copy the prompt's KV cells from sequence 0 into every other stream
             llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
