@@ -15,9 +15,8 @@ Candidates are scored in parallel llama.cpp sequences that share one evaluation 
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -28,8 +27,7 @@ MAX_CANDIDATES = 384  # candidates scored per question, in passage order
 _PARALLEL = 32  # candidates decoded per llama.cpp batch
 # Words a span may not begin or end with: it would only add a word to a shorter candidate.
 _EDGE_WORDS = frozenset(
-    "a an the this that these those it its his her their there is are was were be been has have had "
-    "in on at of to for by with from as and or but which who whom whose what when where why how".split()
+    ["a", "an", "the", "this", "that", "these", "those", "it", "its", "his", "her", "their", "there", "is", "are", "was", "were", "be", "been", "has", "have", "had", "in", "on", "at", "of", "to", "for", "by", "with", "from", "as", "and", "or", "but", "which", "who", "whom", "whose", "what", "when", "where", "why", "how"]
 )
 _STRIP = "\"'“”‘’()[]{}.,;:!?"
 

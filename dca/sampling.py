@@ -9,8 +9,8 @@ single-token steps, so k samples cost much less than k separate calls.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
