@@ -208,7 +208,8 @@ def recall_at_10(approx: list[set], exact: list[set]) -> float:
 # -- c. chat ------------------------------------------------------------------------------------------
 
 def bench_chat(corpus: Path, store_path: Path | None, qa: Path, args) -> dict:
-    from dca.assistant import DEFAULT_SYSTEM_PROMPT, Assistant, Source, format_passages
+    from dca.assistant import DEFAULT_SYSTEM_PROMPT, Assistant
+    from dca.citations import Source, format_passages
     from dca.llm import LlamaCppLLM
     from dca.models import resolve_model
 

@@ -13,10 +13,8 @@ from dca.assistant import (
     Answer,
     Assistant,
     AssistantConfig,
-    Source,
-    format_passages,
-    resolve_citations,
 )
+from dca.citations import Source, format_passages, resolve_citations
 from dca.errors import ConfigError
 from dca.rag import Store
 

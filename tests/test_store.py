@@ -12,6 +12,7 @@ from conftest import HashEmbedder
 
 from dca.errors import ConfigError, MissingDependencyError, StoreError
 from dca.rag import index as vindex
+from dca.rag.lexical import bm25_scores
 from dca.rag.store import STORE_FILES, Store, StoreConfig
 
 PLANTED = "The lighthouse keeper polished the brass lantern every foggy evening before the ferries came."
@@ -383,6 +384,18 @@ def test_awkward_queries_and_bad_arguments(corpus_store):
         store.search(QUERY, mode="fuzzy")
     with pytest.raises(ConfigError, match="-k"):
         store.search(QUERY, k=0)
+
+
+def test_bm25_scores_rank_rare_terms_and_ignore_fts_syntax():
+    texts = ["The brass lantern hung by the door.", "A door, a door, and another door.",
+             "Nothing to see here.", "The lanterns were lit at dusk."]
+    scores = bm25_scores("Where was the brass lantern?", texts)
+    assert scores.shape == (4,)
+    assert scores[0] > scores[3] > 0  # both terms beat one (stemmed: lanterns ~ lantern)
+    assert scores[1] == scores[2] == 0  # no query term ("where", "was", "the" are function words)
+    assert (bm25_scores('brass AND "lantern NEAR( -foggy*', texts) > 0).tolist() == [True, False, False, True]
+    assert bm25_scores("?!", texts).tolist() == [0, 0, 0, 0]
+    assert bm25_scores("lantern", []).shape == (0,)
 
 
 # -- 7. index type ----------------------------------------------------------------------------------

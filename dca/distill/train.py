@@ -257,19 +257,19 @@ def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | 
 
 def _import_stack():
     try:
-        import torch
-        import transformers
+        import torch  # noqa: F401 (availability check)
+        import transformers  # noqa: F401
     except ImportError as e:
         raise missing(e.name or "transformers", "distill") from e
     try:
-        import peft
+        import peft  # noqa: F401
     except ImportError as e:
         raise missing("peft", "distill") from e
 
 
 def _check_qlora(device) -> None:
     try:
-        import bitsandbytes
+        import bitsandbytes  # noqa: F401
     except ImportError as e:
         raise missing("bitsandbytes", "qlora") from e
     if device.type != "cuda":

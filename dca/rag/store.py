@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -38,6 +37,7 @@ from ..home import atomic_write_text, sha256_file
 from . import index as vindex
 from .chunking import chunk_document
 from .embed import Embedder
+from .lexical import RRF_K, fts_query
 from .loaders import iter_files, load_file
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,6 @@ INDEX = "index.faiss"
 STORE_FILES = (MANIFEST, DATABASE, INDEX)
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
-RRF_K = 60  # Cormack, Clarke & Buettcher 2009, "Reciprocal Rank Fusion outperforms Condorcet..."
-
-# Function words dropped from lexical queries: they match most chunks and only slow FTS5 down.
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from has have how i in is it its of on or that the this to was were "
-    "what when where which who whom why will with do does did can could would should you your".split()
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -177,37 +170,6 @@ class StoreInfo:
 
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def _fts_query(query: str) -> str | None:
-    words = [w for w in re.findall(r"\w+", query.lower()) if w not in _STOPWORDS]
-    if not words:
-        words = re.findall(r"\w+", query.lower())
-    # Quoted terms OR-ed: BM25 ranks by how many (and how rare) terms match; quotes neutralise FTS5 syntax.
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
-
-
-def bm25_scores(query: str, texts: list[str]) -> np.ndarray:
-    """BM25 scores of ``texts`` for ``query`` (higher is better; 0 for texts matching no query term), by an
-    in-memory SQLite FTS5 table with the store's tokenizer (Porter-stemmed, unicode61) and query form
-    (function words dropped, terms OR-ed). Term statistics are those of ``texts`` alone.
-
-    Returns:
-        float array, shape (len(texts),).
-    """
-    scores = np.zeros(len(texts))
-    match = _fts_query(query)
-    if match is None or not texts:
-        return scores
-    db = sqlite3.connect(":memory:")
-    try:
-        db.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61')")
-        db.executemany("INSERT INTO t(rowid, text) VALUES (?, ?)", ((i + 1, x) for i, x in enumerate(texts)))
-        for rowid, bm25 in db.execute("SELECT rowid, bm25(t) FROM t WHERE t MATCH ?", (match,)):
-            scores[rowid - 1] = -bm25  # FTS5's bm25() is negated: lower is better
-    finally:
-        db.close()
-    return scores
 
 
 class Store:
@@ -569,7 +531,7 @@ class Store:
         return self._hits(ranked, qvec)
 
     def _lexical(self, query: str, k: int) -> list[tuple[int, float]]:
-        match = _fts_query(query)
+        match = fts_query(query)
         if match is None:
             return []
         with self._lock:

@@ -1,0 +1,50 @@
+"""Lexical ranking shared by the store and the assistant: the FTS5 query form, BM25 over a few texts,
+and the constant of reciprocal rank fusion."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import numpy as np
+
+RRF_K = 60  # Cormack, Clarke & Buettcher 2009, "Reciprocal Rank Fusion outperforms Condorcet..."
+
+# Function words dropped from lexical queries: they match most chunks and only slow FTS5 down.
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have how i in is it its of on or that the this to was were "
+    "what when where which who whom why will with do does did can could would should you your".split()
+)
+
+
+def fts_query(query: str) -> str | None:
+    """The FTS5 MATCH expression for ``query``: its words, function words dropped (all words when only
+    function words remain), each quoted (no FTS5 syntax gets through) and OR-ed; None when it has no word."""
+    words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS]
+    if not words:
+        words = re.findall(r"\w+", query.lower())
+    # Quoted terms OR-ed: BM25 ranks by how many (and how rare) terms match; quotes neutralise FTS5 syntax.
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
+
+
+def bm25_scores(query: str, texts: list[str]) -> np.ndarray:
+    """BM25 scores of ``texts`` for ``query`` (higher is better; 0 for texts matching no query term), by an
+    in-memory SQLite FTS5 table with the store's tokenizer (Porter-stemmed, unicode61) and query form
+    (function words dropped, terms OR-ed). Term statistics are those of ``texts`` alone.
+
+    Returns:
+        float array, shape (len(texts),).
+    """
+    scores = np.zeros(len(texts))
+    match = fts_query(query)
+    if match is None or not texts:
+        return scores
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61')")
+        db.executemany("INSERT INTO t(rowid, text) VALUES (?, ?)", ((i + 1, x) for i, x in enumerate(texts)))
+        for rowid, bm25 in db.execute("SELECT rowid, bm25(t) FROM t WHERE t MATCH ?", (match,)):
+            scores[rowid - 1] = -bm25  # FTS5's bm25() is negated: lower is better
+    finally:
+        db.close()
+    return scores
