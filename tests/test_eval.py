@@ -310,6 +310,28 @@ def test_qa_closed_book_and_with_a_store_with_recall(tmp_path, scripted_llm, emb
     assert json.loads((tmp_path / "rag" / "config.json").read_text())["settings"]["store"] == str(tmp_path / "store")
 
 
+
+def test_quote_mode_records_the_scored_tokens_as_the_compute_spent(tmp_path, scripted_llm, embedder):
+    from dca.quote import Quote
+
+    class Quoter(scripted_llm):
+        def quote(self, prompt, passages, *, question="", cancel=None):
+            self.prompts.append(prompt)
+            return Quote("nine years", 0, -1.5, 40, 123)  # 40 candidate spans, 123 tokens decoded to score them
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"id": "q", "question": "How long was the flight of the probe Vellum?",
+                                "answers": ["nine years"], "gold_paragraph_id": "vellum_000"}) + "\n")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
+    store = Store.create(tmp_path / "store", embedder)
+    store.ingest([tmp_path / "corpus.jsonl"])
+    cfg = EvalConfig(task="qa", data=data, out_dir=tmp_path / "run", top_k=1)
+    report = run_eval(cfg, assistant=Assistant(Quoter(), store, config=AssistantConfig(min_similarity=-1.0, quote=True)))
+    (pred,) = lines(tmp_path / "run" / "predictions.jsonl")
+    assert pred["output"] == "nine years [1]" and pred["scores"]["em"] == 1
+    assert pred["tokens"]["generated"] == 123 and report.mean_generated_tokens == 123
+    assert report.settings["assistant"]["quote"] is True
+
 @pytest.mark.parametrize("output, question, expected", [
     ("The NFL team that represented the AFC at Super Bowl 50 was the Denver Broncos.",
      "Which NFL team represented the AFC at Super Bowl 50?", "Denver Broncos"),

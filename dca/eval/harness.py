@@ -238,7 +238,9 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
 def _record(item, answer, scored: dict) -> dict:
     st = answer.stats
     samples = tuple(getattr(answer, "samples", ()) or ())
-    generated = sum(getattr(s, "tokens", 0) for s in samples) if samples else st.thinking_tokens + st.answer_tokens
+    # the test-time compute spent: all samples' tokens, or in quote mode the candidate tokens scored
+    generated = st.generated_tokens or (
+        sum(getattr(s, "tokens", 0) for s in samples) if samples else st.thinking_tokens + st.answer_tokens)
     rec = {"index": item.index, "id": item.id, "question": item.question,
            "gold": item.gold if isinstance(item.gold, str) else list(item.gold), **scored,
            "output": answer.text, "thinking": answer.thinking,
