@@ -54,7 +54,8 @@ class AssistantConfig:
             passages from the lowest-ranked to the best, so the best one is nearest the question: models use
             what is at the end of their context best (Liu et al. 2023, "Lost in the Middle"; LlamaIndex's
             ``LongContextReorder``); on SQuAD dev items 300-419 (``dca eval --task qa``, 4 passages, repeat
-            penalty 1.0) it raised the bundled 135M model's F1 from 17.6 to 24.4. ``best_first`` quotes them in rank order. Numbers always follow the rank ([1] best).
+            penalty 1.0) it raised the bundled 135M model's F1 from 17.6 to 24.4. ``best_first`` quotes them
+            in rank order. Numbers always follow the rank ([1] best).
         context_sentences: sentence-level context compression: 0 (default) quotes the retrieved passages
             whole; N > 0 keeps only the N sentences of all retrieved passages most similar to the question
             (cosine of the store's embeddings), each passage keeping its sentences in document order, and drops
@@ -474,19 +475,19 @@ class Assistant:
                     used = self.llm.count_tokens("".join(thought))
                 # Whether the model closed its thinking or ran out of budget, close it here.
                 prompt += "".join(thought).rstrip() + close
-            if stop_now():
-                pass
-            elif cfg.quote and sources:
-                if not hasattr(self.llm, "quote"):
-                    raise ConfigError(f"--quote needs a model that can score spans (a GGUF); {self.llm.name} cannot")
-                quote = self.llm.quote(prompt, [s.text for s in sources], question=question, cancel=stop_now)
-                first.append(time.perf_counter())
-                scored = quote.tokens
-                if quote.text:
-                    said.append(f"{quote.text} [{sources[quote.passage].number}]")
-                    yield StreamChunk("answer", text=said[0])
-            else:
-                yield from pieces(prompt, cfg.max_tokens, no_passages, "answer", said)
+            if not stop_now():
+                if cfg.quote and sources:
+                    if not hasattr(self.llm, "quote"):
+                        raise ConfigError(
+                            f"--quote needs a model that can score spans (a GGUF); {self.llm.name} cannot")
+                    quote = self.llm.quote(prompt, [s.text for s in sources], question=question, cancel=stop_now)
+                    first.append(time.perf_counter())
+                    scored = quote.tokens
+                    if quote.text:
+                        said.append(f"{quote.text} [{sources[quote.passage].number}]")
+                        yield StreamChunk("answer", text=said[0])
+                else:
+                    yield from pieces(prompt, cfg.max_tokens, no_passages, "answer", said)
         t_end = time.perf_counter()
 
         text = "".join(said).strip()

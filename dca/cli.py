@@ -208,8 +208,8 @@ def chat(
     k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Retrieval: hybrid | dense | lexical \\[default: hybrid]."),
     min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Drop passages below this cosine \\[default: 0.2]."),
-    context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences most similar to the question; 0 quotes passages whole \\[default: 0]."),
-    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with a verbatim span of one retrieved passage (copy-constrained decoding), cited \\[default: off]."),
+    context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences that rank best for the question (cosine, BM25 and passage rank fused); 0 quotes passages whole \\[default: 0]."),
+    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with the span of the retrieved passages (up to 4 words) that the model scores most probable, cited \\[default: off]."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: 0]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off \\[default: 1.1]."),
@@ -312,8 +312,8 @@ def eval_run(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: the assistant's]."),
     k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="> 1 discourages repeated tokens; 1 is off \\[default: 1.1]."),
-    context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences most similar to the question; 0 quotes passages whole \\[default: 0]."),
-    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with a verbatim span of one retrieved passage (copy-constrained decoding), cited \\[default: off]."),
+    context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences that rank best for the question (cosine, BM25 and passage rank fused); 0 quotes passages whole \\[default: 0]."),
+    quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with the span of the retrieved passages (up to 4 words) that the model scores most probable, cited \\[default: off]."),
 ):
     """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
 

@@ -27,7 +27,8 @@ MAX_CANDIDATES = 384  # candidates scored per question, in passage order
 _PARALLEL = 32  # candidates decoded per llama.cpp batch
 # Words a span may not begin or end with: it would only add a word to a shorter candidate.
 _EDGE_WORDS = frozenset(
-    ["a", "an", "the", "this", "that", "these", "those", "it", "its", "his", "her", "their", "there", "is", "are", "was", "were", "be", "been", "has", "have", "had", "in", "on", "at", "of", "to", "for", "by", "with", "from", "as", "and", "or", "but", "which", "who", "whom", "whose", "what", "when", "where", "why", "how"]
+    "a an the this that these those it its his her their there is are was were be been has have had in on at "
+    "of to for by with from as and or but which who whom whose what when where why how".split()
 )
 _STRIP = "\"'“”‘’()[]{}.,;:!?"
 
@@ -99,9 +100,9 @@ def candidate_spans(passages: Sequence[str], question: str = "", *, max_words: i
     return out
 
 
-def _log_softmax_rows(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
 def score_spans(llama, prompt: str, spans: Sequence[str], end_token: int, *, parallel: int = _PARALLEL,
@@ -145,8 +146,9 @@ def score_spans(llama, prompt: str, spans: Sequence[str], end_token: int, *, par
     decoded = 0
     try:
         decode_prompt(ctx, batch, tokens, params.n_batch, range(n))
-        first = _log_softmax_rows(np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(ctx.ctx, batch.n_tokens - 1), shape=(1, n_vocab)).copy())[0]
+        first = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(ctx.ctx, batch.n_tokens - 1), shape=(1, n_vocab)).copy()
+        first = first[0] - _logsumexp_rows(first)[0]  # log-probabilities of every first token
         memory = llama_cpp.llama_get_memory(ctx.ctx)
         for lo in range(0, len(spans), n):
             if cancel is not None and cancel():
@@ -167,13 +169,14 @@ def score_spans(llama, prompt: str, spans: Sequence[str], end_token: int, *, par
                     i += 1
             if batch.n_tokens:
                 _decode(ctx, batch)
-                logp = _log_softmax_rows(np.ctypeslib.as_array(
-                    llama_cpp.llama_get_logits(ctx.ctx), shape=(batch.n_tokens, n_vocab)))
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx.ctx), shape=(batch.n_tokens, n_vocab))
+                lse = _logsumexp_rows(logits)  # only the scored entries are needed, not whole log-softmax rows
             decoded += batch.n_tokens
             for s, enc in enumerate(group):
                 total = float(first[enc[0]])
                 for j in range(1, len(enc)):
-                    total += float(logp[rows[s][j - 1], enc[j]])
+                    row = rows[s][j - 1]
+                    total += float(logits[row, enc[j]] - lse[row])
                 scores[lo + s] = total
                 llama_cpp.llama_memory_seq_rm(memory, s, len(tokens), -1)
         return scores, decoded
