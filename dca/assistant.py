@@ -127,6 +127,9 @@ class AssistantConfig:
             raise ConfigError("--thinking-budget and --max-tokens must be >= 1")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.sample_temperature <= 0:
+            raise ConfigError(f"--sample-temperature must be > 0 (0 would give k copies of the greedy answer), "
+                              f"got {self.sample_temperature}")
         if self.effort is not None and self.effort not in EFFORT_PRESETS:
             raise ConfigError(f"--effort must be one of {', '.join(EFFORT_PRESETS)}, got {self.effort!r}")
         if not 1 <= self.samples <= 64:

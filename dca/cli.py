@@ -212,6 +212,7 @@ def chat(
     quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Answer with the span of the retrieved passages (up to 4 words) that the model scores most probable, cited \\[default: off]."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: 0]."),
+    sample_temperature: Optional[float] = typer.Option(None, "--sample-temperature", help="Temperature of the k samples of --samples/--effort \\[default: 0.7]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise repeated tokens, 1 is off \\[default: 1.1]."),
     effort: Optional[str] = typer.Option(None, "--effort", help="Test-time compute: low | medium | high (samples to vote over, thinking budget)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sample k answers and return the majority (self-consistency) \\[default: 1]."),
@@ -229,8 +230,8 @@ def chat(
     config = load_config(AssistantConfig, config_path, think=think, thinking_budget=thinking_budget, top_k=k,
                          search_mode=mode, min_similarity=min_similarity, context_sentences=context_sentences,
                          quote=quote, max_tokens=max_tokens,
-                         temperature=temperature, repeat_penalty=repeat_penalty, effort=effort, samples=samples,
-                         vote=vote, min_thinking_tokens=min_thinking_tokens)
+                         temperature=temperature, sample_temperature=sample_temperature,
+                         repeat_penalty=repeat_penalty, effort=effort, samples=samples, vote=vote, min_thinking_tokens=min_thinking_tokens)
     bot = Assistant(model=model, store=store_dir, config=config)
     if question is not None:
         _print_answer_stream(bot, question, show_thinking)
@@ -310,6 +311,7 @@ def eval_run(
     thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Most thinking tokens \\[default: 256]."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most answer tokens \\[default: 256]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: the assistant's]."),
+    sample_temperature: Optional[float] = typer.Option(None, "--sample-temperature", help="Temperature of the k samples of --samples/--effort \\[default: 0.7]."),
     k: Optional[int] = typer.Option(None, "-k", "--top-k", help="Passages retrieved per question \\[default: 4]."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="> 1 discourages repeated tokens; 1 is off \\[default: 1.1]."),
     context_sentences: Optional[int] = typer.Option(None, "--context-sentences", help="Quote only the N retrieved sentences that rank best for the question (cosine, BM25 and passage rank fused); 0 quotes passages whole \\[default: 0]."),
@@ -332,7 +334,8 @@ def eval_run(
 
     given = {"limit": limit, "model": model, "store_dir": store_dir, "effort": effort, "samples": samples,
              "out_dir": out_dir, "think": think, "thinking_budget": thinking_budget, "max_tokens": max_tokens,
-             "temperature": temperature, "top_k": k, "repeat_penalty": repeat_penalty,
+             "temperature": temperature, "sample_temperature": sample_temperature, "top_k": k,
+             "repeat_penalty": repeat_penalty,
              "context_sentences": context_sentences, "quote": quote}
     cfg = EvalConfig(task=task, data=data, resume=resume, force=force, **{n: v for n, v in given.items() if v is not None})
     err.print(f"[dim]run directory: {cfg.out_dir}[/]")

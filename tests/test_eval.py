@@ -374,8 +374,11 @@ def sampling_model(scripted_llm, right_per_item):
     from dca.sampling import Completion
 
     class Sampler(scripted_llm):
+        temperatures = []
+
         def sample(self, prompt, *, n, max_tokens, temperature=0.7, stop=(), seed=0, cancel=None):
             self.prompts.append(prompt)
+            self.temperatures.append(temperature)
             i = int(re.search(r"Item (\d+):", question_of(prompt)).group(1))
             texts = [f"So \\boxed{{{2 * i + (j >= right_per_item[i])}}}" for j in range(n)]
             return [Completion(t, len(t.split()), -0.1 * j, "stop") for j, t in enumerate(texts)]
@@ -398,6 +401,21 @@ def test_samples_through_the_assistant_give_maj_and_pass_at_k(tmp_path, scripted
     medium = evaluate(tmp_path, sampling_model(scripted_llm, [4, 0]), name="medium", effort="medium", limit=2)
     assert medium.samples == 4 and list(medium.metrics) == ["accuracy", "maj@4", "pass@1", "pass@4"]
     assert medium.settings["effort"] == "medium"
+
+
+def test_sample_temperature_reaches_the_sampler_and_a_resume_under_another_is_refused(tmp_path, scripted_llm):
+    llm = sampling_model(scripted_llm, [1, 2, 3])
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path, llm, samples=3, limit=3, sample_temperature=0.3, progress=interrupt_after(2))
+    assert llm.temperatures == [0.3, 0.3]
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["settings"]["assistant"]["sample_temperature"] == 0.3
+    with pytest.raises(ConfigError, match=r"--sample-temperature was 0.3, now 0.7"):
+        evaluate(tmp_path, llm, samples=3, limit=3, resume=True)
+    with pytest.raises(ConfigError, match=r"--sample-temperature must be > 0"):
+        evaluate(tmp_path, llm, name="zero", samples=3, sample_temperature=0.0)
+    report = evaluate(tmp_path, llm, samples=3, limit=3, sample_temperature=0.3, resume=True)
+    assert report.items == 3 and llm.temperatures == [0.3, 0.3, 0.3]
 
 
 # -- compare -------------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ _FLAGS = {
     "task": "--task", "data": "--data", "data_sha256": "--data (the file's content changed)", "limit": "--limit",
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
     "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
-    "temperature": "--temperature", "top_k": "-k/--top-k", "repeat_penalty": "--repeat-penalty",
+    "temperature": "--temperature", "sample_temperature": "--sample-temperature", "top_k": "-k/--top-k",
+    "repeat_penalty": "--repeat-penalty",
     "context_sentences": "--context-sentences", "quote": "--quote",
 }
 
@@ -69,7 +70,8 @@ class EvalConfig:
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
-        think, thinking_budget, max_tokens, temperature, top_k, repeat_penalty, context_sentences, quote: override the
+        think, thinking_budget, max_tokens, temperature, sample_temperature, top_k, repeat_penalty, context_sentences,
+            quote: override the
             :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
 
     Raises:
@@ -90,6 +92,7 @@ class EvalConfig:
     thinking_budget: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    sample_temperature: float | None = None
     top_k: int | None = None
     repeat_penalty: float | None = None
     context_sentences: int | None = None
@@ -134,8 +137,8 @@ def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
 
     changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
                "samples": cfg.samples, "effort": cfg.effort}
-    for name in ("think", "thinking_budget", "max_tokens", "temperature", "top_k", "repeat_penalty",
-                 "context_sentences", "quote"):
+    for name in ("think", "thinking_budget", "max_tokens", "temperature", "sample_temperature", "top_k",
+                 "repeat_penalty", "context_sentences", "quote"):
         if getattr(cfg, name) is not None:
             changes[name] = getattr(cfg, name)
     return replace(base if base is not None else AssistantConfig(), **changes)
