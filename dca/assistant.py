@@ -445,7 +445,8 @@ class Assistant:
             from .reasoning import extract_answer
 
             completions = self.llm.sample(prompt, n=cfg.samples, max_tokens=reserve, temperature=cfg.sample_temperature,
-                                          stop=no_passages, seed=cfg.seed, cancel=stop_now)
+                                          repeat_penalty=cfg.repeat_penalty, stop=no_passages, seed=cfg.seed,
+                                          cancel=stop_now)
             first.append(time.perf_counter())
             parts = [self._split(c.text, thinking) for c in completions]
             samples = tuple(Sample(a, t, extract_answer(a) if a else None, c.mean_logprob, c.tokens)

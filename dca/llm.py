@@ -60,9 +60,10 @@ class LLM(Protocol):
         """
         ...
 
-    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, stop: Sequence[str] = (),
-               seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
-        """Sample ``n`` completions of ``prompt`` that share one prompt evaluation (see :mod:`dca.sampling`)."""
+    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
+               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
+        """Sample ``n`` completions of ``prompt`` that share one prompt evaluation (see :mod:`dca.sampling`);
+        ``repeat_penalty`` as in :meth:`generate`."""
         ...
 
 
@@ -153,12 +154,12 @@ class LlamaCppLLM:
         finally:
             stream.close()
 
-    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, stop: Sequence[str] = (),
-               seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
+    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
+               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
         from .sampling import sample_parallel
 
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
-                               stop=stop, seed=seed, cancel=cancel)
+                               repeat_penalty=repeat_penalty, stop=stop, seed=seed, cancel=cancel)
 
     def quote(self, prompt: str, passages: Sequence[str], *, question: str = "",
               cancel: Callable[[], bool] | None = None):

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TOP_K = 64  # candidates kept before top-p; sampling from the long tail only adds noise
 TAIL = 20.0  # nats below the best token (times the temperature) beyond which tokens are never sampled
+PENALTY_LAST_N = 64  # generated tokens the repeat penalty looks back over (llama-cpp-python's last_n_tokens_size)
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,21 @@ def decode_prompt(ctx, batch, tokens: Sequence[int], n_batch: int, seq_ids: Sequ
         _decode(ctx, batch)
 
 
+def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """``logits`` (shape ``(n_vocab,)``) with every token of ``recent`` penalised once, as llama.cpp's penalties
+    sampler does (the CTRL repetition penalty, Keskar et al. 2019): a positive logit is divided by ``penalty``, a
+    negative one multiplied by it. Returns a new array; ``penalty`` 1.0 or no recent tokens return ``logits``."""
+    if penalty == 1.0 or not recent:
+        return logits
+    ids = np.fromiter(set(recent), dtype=np.int64)
+    out = np.array(logits, dtype=np.float32, copy=True)
+    vals = out[ids]
+    out[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
 def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, top_p: float = 0.95,
-                    stop: Sequence[str] = (), seed: int = 0,
+                    repeat_penalty: float = 1.0, stop: Sequence[str] = (), seed: int = 0,
                     cancel: Callable[[], bool] | None = None) -> list[Completion]:
     """Sample ``n`` completions of ``prompt`` in parallel sequences of a fresh llama.cpp context.
 
@@ -79,6 +93,9 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
         max_tokens: most tokens per sample.
         temperature: softmax temperature; 0 is greedy (then all samples are identical).
         top_p: nucleus sampling mass (Holtzman et al. 2020) within the top ``TOP_K`` tokens; 1.0 is off.
+        repeat_penalty: > 1 discourages the tokens among each sample's last ``PENALTY_LAST_N`` generated ones
+            (:func:`apply_repeat_penalty`), as ``Llama.generate(repeat_penalty=...)`` does; 1.0 is off. With
+            ``temperature=0`` the samples then equal that greedy output.
         stop: strings that end a sample (not included in its text).
         seed: seed of the sampling RNG (numpy PCG64), so runs are reproducible.
         cancel: polled every step; True ends all samples with ``finish="cancelled"``.
@@ -141,9 +158,15 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
             else:  # rows of the last batch, in batch order; every sequence still active was in it
                 allrows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx.ctx), shape=(batch.n_tokens, n_vocab))
                 mat = allrows[[logit_rows[s] for s in active]]
+            # log-probabilities for the confidence come from the model's own logits; choices from penalised ones
             top = mat.max(axis=1, keepdims=True)
+            log_z = top[:, 0] + np.log(np.exp(mat - top).sum(axis=1))
+            raw_mat = mat
+            if repeat_penalty != 1.0:
+                mat = np.stack([apply_repeat_penalty(mat[j], out_tokens[s][-PENALTY_LAST_N:], repeat_penalty)
+                                for j, s in enumerate(active)])
+                top = mat.max(axis=1, keepdims=True)
             shifted = mat - top
-            log_z = top[:, 0] + np.log(np.exp(shifted).sum(axis=1))
             # Candidates: tokens within TAIL*temperature nats of the best (the rest have tempered
             # probability below e^-TAIL of it, far outside any top-p nucleus); a cheap O(vocab) compare
             # instead of a partition of the whole vocabulary at every step.
@@ -164,7 +187,7 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
                     keep = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
                     tok = int(cand[rng.choice(keep, p=probs[keep] / probs[keep].sum())])
                 chosen[s] = tok
-                logprob_sum[s] += float(logits[tok] - log_z[j])
+                logprob_sum[s] += float(raw_mat[j, tok] - log_z[j])
                 out_tokens[s].append(tok)
                 if llama_cpp.llama_vocab_is_eog(vocab, tok):
                     finish[s] = "stop"

@@ -78,11 +78,12 @@ class ScriptedLLM:
         self.sampled = list(sampled)  # (text, mean_logprob) returned by sample(), cycled
         self.sample_calls: list[dict] = []
 
-    def sample(self, prompt, *, n, max_tokens, temperature=0.7, stop=(), seed=0, cancel=None):
+    def sample(self, prompt, *, n, max_tokens, temperature=0.7, repeat_penalty=1.0, stop=(), seed=0, cancel=None):
         from dca.sampling import Completion
 
         self.prompts.append(prompt)
-        self.sample_calls.append({"n": n, "max_tokens": max_tokens, "temperature": temperature, "seed": seed})
+        self.sample_calls.append({"n": n, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                                  "repeat_penalty": repeat_penalty})
         outs = self.sampled or [(self.respond(prompt), -1.0)]
         return [Completion(t, len(t.split()), lp, "stop") for t, lp in (outs[i % len(outs)] for i in range(n))]
 

@@ -250,14 +250,14 @@ def test_vote_clusters_equivalent_answers_and_ranks_them():
 def test_self_consistency_picks_the_majority_answer(scripted_llm):
     llm = scripted_llm(sampled=[("6 times 7 is 42. The answer is 42.", -0.5), ("So \\boxed{41}", -0.1),
                                 ("It is 42.0 in all.", -0.9), ("#### 42", -0.4)])
-    bot = Assistant(llm, None, samples=4, sample_temperature=0.8, seed=3)
+    bot = Assistant(llm, None, samples=4, sample_temperature=0.8, seed=3, repeat_penalty=1.2)
     chunks = list(bot.stream("What is six times seven?"))
     assert [c.kind for c in chunks] == ["sources", "answer", "done"]
     answer = chunks[-1].answer
     assert [x.answer for x in answer.samples] == ["42", "41", "42.0", "42"]
     assert answer.votes[0].count == 3 and answer.votes[0].answer == "42"
     assert answer.text == "#### 42"  # the most confident sample of the winning cluster
-    assert llm.sample_calls == [{"n": 4, "max_tokens": 256, "temperature": 0.8, "seed": 3}]
+    assert llm.sample_calls == [{"n": 4, "max_tokens": 256, "temperature": 0.8, "seed": 3, "repeat_penalty": 1.2}]
     assert answer.stats.samples == 4 and answer.stats.generated_tokens == sum(x.tokens for x in answer.samples)
     # weighted by confidence, the single confident "41" loses to three less confident "42"s only by count
     logprob = Assistant(llm, None, samples=4, vote="logprob").ask("q")

@@ -376,7 +376,7 @@ def sampling_model(scripted_llm, right_per_item):
     class Sampler(scripted_llm):
         temperatures = []
 
-        def sample(self, prompt, *, n, max_tokens, temperature=0.7, stop=(), seed=0, cancel=None):
+        def sample(self, prompt, *, n, max_tokens, temperature=0.7, repeat_penalty=1.0, stop=(), seed=0, cancel=None):
             self.prompts.append(prompt)
             self.temperatures.append(temperature)
             i = int(re.search(r"Item (\d+):", question_of(prompt)).group(1))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import bundled_gguf
 from dca.llm import LlamaCppLLM
-from dca.sampling import sample_parallel
+from dca.sampling import apply_repeat_penalty, sample_parallel
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,24 @@ def test_greedy_sequences_match_the_models_own_greedy_decoding(llm):
     outs = sample_parallel(llm.llama, prompt, n=3, max_tokens=24, temperature=0)
     assert [o.text for o in outs] == [reference] * 3  # every sequence reads the shared prompt cells right
     assert all(o.tokens == 24 and o.finish == "length" and o.mean_logprob < 0 for o in outs)
+
+
+def test_repeat_penalty_matches_llama_cpp_greedy_with_the_same_penalty(llm):
+    prompt = llm.render([{"role": "user", "content": "Count: 1, 1, 1, 1, 1, 1,"}])
+    plain = sample_parallel(llm.llama, prompt, n=2, max_tokens=48, temperature=0)
+    for penalty in (1.3, 1.1):
+        llm.llama.reset()  # the whole prompt evaluated in one batch, as sample_parallel does (no cached prefix)
+        reference = "".join(llm.generate(prompt, max_tokens=48, repeat_penalty=penalty))
+        outs = sample_parallel(llm.llama, prompt, n=2, max_tokens=48, temperature=0, repeat_penalty=penalty)
+        assert [o.text for o in outs] == [reference] * 2
+    assert outs[0].text != plain[0].text  # the penalty changed the greedy path, and the samples followed it
+
+
+def test_apply_repeat_penalty_divides_positive_and_multiplies_negative_logits_once():
+    logits = np.array([2.0, -1.0, 0.5, 3.0], dtype=np.float32)
+    out = apply_repeat_penalty(logits, [0, 1, 0, 0], 2.0)
+    assert out.tolist() == [1.0, -2.0, 0.5, 3.0] and logits.tolist() == [2.0, -1.0, 0.5, 3.0]
+    assert apply_repeat_penalty(logits, [], 2.0) is logits and apply_repeat_penalty(logits, [0], 1.0) is logits
 
 
 def test_sampling_is_seeded_diverse_and_stops(llm):
