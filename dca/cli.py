@@ -229,9 +229,9 @@ def chat(
 
     config = load_config(AssistantConfig, config_path, think=think, thinking_budget=thinking_budget, top_k=k,
                          search_mode=mode, min_similarity=min_similarity, context_sentences=context_sentences,
-                         quote=quote, max_tokens=max_tokens,
-                         temperature=temperature, sample_temperature=sample_temperature,
-                         repeat_penalty=repeat_penalty, effort=effort, samples=samples, vote=vote, min_thinking_tokens=min_thinking_tokens)
+                         quote=quote, max_tokens=max_tokens, temperature=temperature,
+                         sample_temperature=sample_temperature, repeat_penalty=repeat_penalty, effort=effort,
+                         samples=samples, vote=vote, min_thinking_tokens=min_thinking_tokens)
     bot = Assistant(model=model, store=store_dir, config=config)
     if question is not None:
         _print_answer_stream(bot, question, show_thinking)
@@ -335,8 +335,7 @@ def eval_run(
     given = {"limit": limit, "model": model, "store_dir": store_dir, "effort": effort, "samples": samples,
              "out_dir": out_dir, "think": think, "thinking_budget": thinking_budget, "max_tokens": max_tokens,
              "temperature": temperature, "sample_temperature": sample_temperature, "top_k": k,
-             "repeat_penalty": repeat_penalty,
-             "context_sentences": context_sentences, "quote": quote}
+             "repeat_penalty": repeat_penalty, "context_sentences": context_sentences, "quote": quote}
     cfg = EvalConfig(task=task, data=data, resume=resume, force=force, **{n: v for n, v in given.items() if v is not None})
     err.print(f"[dim]run directory: {cfg.out_dir}[/]")
     bar = Progress(TextColumn(cfg.task), BarColumn(), MofNCompleteColumn(), TextColumn("accuracy {task.fields[acc]}"),

@@ -47,8 +47,7 @@ _FLAGS = {
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
     "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
     "temperature": "--temperature", "sample_temperature": "--sample-temperature", "top_k": "-k/--top-k",
-    "repeat_penalty": "--repeat-penalty",
-    "context_sentences": "--context-sentences", "quote": "--quote",
+    "repeat_penalty": "--repeat-penalty", "context_sentences": "--context-sentences", "quote": "--quote",
 }
 
 
@@ -71,8 +70,7 @@ class EvalConfig:
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
         think, thinking_budget, max_tokens, temperature, sample_temperature, top_k, repeat_penalty, context_sentences,
-            quote: override the
-            :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
+            quote: override the :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
 
     Raises:
         ConfigError: a setting is out of range; the message names the flag.
