@@ -246,6 +246,22 @@ def test_full_fine_tuning_trains_every_weight(tiny, traces_file, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in before if "layernorm" not in k and "norm" not in k)
 
 
+def test_a_finished_run_asked_for_more_steps_says_how_to_train_further(tiny, traces_file, tmp_path):
+    from dca.distill.train import train
+
+    train(cfg_for(tiny, traces_file, tmp_path / "lora", max_steps=1, eval_fraction=0.0))
+    with pytest.raises(ConfigError, match=r"--max-steps was 1, now 2.*dca quant export .*lora -t F16"):
+        train(cfg_for(tiny, traces_file, tmp_path / "lora", max_steps=2, eval_fraction=0.0))
+    with pytest.raises(ConfigError, match="--lora-r was 4, now 8.*-o/--out-dir$"):  # no hint for other settings
+        train(cfg_for(tiny, traces_file, tmp_path / "lora", max_steps=1, eval_fraction=0.0, lora_r=8))
+    full = train(cfg_for(tiny, traces_file, tmp_path / "full", method="full", max_steps=1, eval_fraction=0.0))
+    with pytest.raises(ConfigError, match=r"--max-steps was 1, now 2.*weights: -m \S*full/model$") as err:
+        train(cfg_for(tiny, traces_file, tmp_path / "full", method="full", max_steps=2, eval_fraction=0.0))
+    more = train(cfg_for(str(err.value).rsplit("-m ", 1)[1], traces_file, tmp_path / "more", method="full",
+                         max_steps=1, eval_fraction=0.0))  # the hint's model loads and trains
+    assert more.steps == 1 and more.first_loss < full.first_loss
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights_and_metrics(tiny, traces_file, tmp_path):
     from dca.distill.train import train
 

@@ -243,9 +243,15 @@ def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | 
         saved_inputs = manifest.get("inputs", {})
         diffs += [f"the content of {flag(k)} changed" for k, v in fingerprints.items() if saved_inputs.get(k) != v]
         if diffs:
+            further = ""
+            if manifest.get("status") == "complete" and any(x.startswith(("--max-steps", "--epochs")) for x in diffs):
+                model = (f"-m {d / rundir.MODEL}" if saved.get("method") == "full" else
+                         f"dca quant export {d} -t F16 -o {d.name}.F16.gguf, then -m {d.name}.F16.gguf")
+                further = (f". To train a finished run further, start a new run (another -o/--out-dir) from its "
+                           f"weights: {model}")
             raise ConfigError(f"-o/--out-dir {d} holds a run with other settings: {'; '.join(dict.fromkeys(diffs))}. "
                               "Continue it with the same flags and data, start over with --force, or choose another "
-                              "-o/--out-dir")
+                              f"-o/--out-dir{further}")
         if manifest.get("status") == "complete":
             return "complete", None
         found = rundir.checkpoints(d)
