@@ -239,12 +239,13 @@ def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | 
         if saved is None or manifest is None:
             raise ConfigError(f"-o/--out-dir {d} is not empty and holds no dca training run; choose another "
                               "-o/--out-dir, or add --force to write the run there")
-        diffs = rundir.settings_diff(saved, cfg.settings(), {f.name: flag(f.name) for f in fields(cfg)}, _FREE)
+        settings = cfg.settings()
+        diffs = rundir.settings_diff(saved, settings, {f.name: flag(f.name) for f in fields(cfg)}, _FREE)
         saved_inputs = manifest.get("inputs", {})
         diffs += [f"the content of {flag(k)} changed" for k, v in fingerprints.items() if saved_inputs.get(k) != v]
         if diffs:
             further = ""
-            if manifest.get("status") == "complete" and any(x.startswith(("--max-steps", "--epochs")) for x in diffs):
+            if manifest.get("status") == "complete" and any(saved.get(k) != settings[k] for k in ("max_steps", "epochs")):
                 model = (f"-m {d / rundir.MODEL}" if saved.get("method") == "full" else
                          f"dca quant export {d} -t F16 -o {d.name}.F16.gguf, then -m {d.name}.F16.gguf")
                 further = (f". To train a finished run further, start a new run (another -o/--out-dir) from its "
