@@ -38,6 +38,8 @@ def quant_export(
     name: Optional[str] = typer.Option(None, "--name", help="general.name in the GGUF \\[default: the source's name]."),
     tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="llama.cpp pre-tokenizer name when dca cannot recognise it (gpt-2, llama-bpe, qwen2, smollm...)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads \\[default: all]."),
+    token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", help="Tensor type of the token embedding (token_embd.weight), as llama-quantize's flag: F16 | Q8_0 | Q6_K | Q4_K ... \\[default: llama.cpp's choice for --type]."),
+    output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Tensor type of the output matrix (output.weight) likewise; a model whose output is tied to the embedding has one tensor, set by either flag."),
     force: bool = typer.Option(False, "--force", help="Replace an existing -o/--out file."),
     config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of ExportConfig settings (flags override it)."),
 ):
@@ -50,6 +52,7 @@ def quant_export(
 
     cfg = load_config(ExportConfig, config_path, source=source, out=out_path, qtype=qtype, base=base_path, dtype=dtype,
                       intermediate=intermediate, name=name, tokenizer_pre=tokenizer_pre, threads=threads,
+                      token_embedding_type=token_embedding_type, output_tensor_type=output_tensor_type,
                       force=force or None)
     with err.status("loading") as status:
         result = export(cfg, progress=lambda stage: status.update(f"{stage}..."))

@@ -75,18 +75,26 @@ def test_the_chain_runs_once_then_skips_what_is_up_to_date(tiny, gsm8k, tmp_path
 
 def test_quantize_stage_follows_a_full_precision_export(tiny, gsm8k, tmp_path):  # noqa: F811
     pytest.importorskip("llama_cpp")
+    from gguf import GGUFReader
+
     from dca.distill.pipeline import run_pipeline
 
     path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "q")
     data = yaml.safe_load(path.read_text())
     data["export"] = {"qtype": "F16"}
-    data["quantize"] = {"qtype": "q8_0"}
+    data["quantize"] = {"qtype": "q8_0", "output_tensor_type": "f16"}
     path.write_text(yaml.safe_dump(data))
     report = run_pipeline(load(path))
     assert [s.stage for s in report.stages][-2:] == ["export", "quantize"]
     gguf = tmp_path / "q" / "model.Q8_0.gguf"
     assert gguf.read_bytes()[:4] == b"GGUF" and (tmp_path / "q" / "model.F16.gguf").is_file()
+    types = {t.name: t.tensor_type.name for t in GGUFReader(gguf).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["output.weight"] == "F16"
     assert [s.action for s in run_pipeline(load(path)).stages] == ["skipped"] * 5
+    data["quantize"]["token_embedding_type"] = "Q4_K_M"  # a file type: refused when the config loads
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="quantize.token_embedding_type Q4_K_M: .*file type"):
+        load(path)
 
 
 def test_an_interrupted_training_stage_continues(tiny, gsm8k, tmp_path):

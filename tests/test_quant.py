@@ -320,6 +320,54 @@ def test_tied_embeddings_omit_the_output_matrix(tok, tmp_path):
     assert_logits_match(hf_logits(model, ids), gguf_logits(out, ids), TOL_F32)
 
 
+def test_token_embedding_and_output_types_override_llama_cpps_choice(llama_dir, tok, text_file, tmp_path):
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    plain = export(ExportConfig(source=llama_dir, qtype="Q4_0", out=tmp_path / "plain.gguf")).path
+    plain_types = {t.name: t.tensor_type for t in gguf.GGUFReader(plain).tensors}
+    # llama.cpp's picks (the output would be Q6_K; its rows are too short for k-quant blocks, so Q8_0)
+    assert plain_types["token_embd.weight"] == T.Q4_0 and plain_types["output.weight"] == T.Q8_0
+    result = export(ExportConfig(source=llama_dir, qtype="Q4_0", out=tmp_path / "kept.gguf",
+                                 token_embedding_type="q8_0", output_tensor_type="F16"))
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(result.path).tensors}
+    assert types["token_embd.weight"] == T.Q8_0 and types["output.weight"] == T.F16
+    assert types["blk.0.attn_q.weight"] == T.Q4_0  # the rest is still --type's
+    config = read_manifest(result.path)["config"]
+    assert config["token_embedding_type"] == "Q8_0" and config["output_tensor_type"] == "F16"
+    # the kept matrices are closer to the source: lower KL than the plain Q4_0 file
+    (r_plain, r_kept) = check(CheckConfig(ggufs=[plain, result.path], reference=llama_dir, text_path=text_file,
+                                          tokens=300, window=100, decode_tokens=0))
+    assert r_kept.mean_kl < r_plain.mean_kl, (r_kept.mean_kl, r_plain.mean_kl)
+
+    # a tied model has one matrix (token_embd.weight): llama.cpp types it as the output, so either flag sets it
+    src = save(tiny_model(tok, tie_word_embeddings=True), tok, tmp_path / "tied")
+    for flag in ("token_embedding_type", "output_tensor_type"):
+        out = export(ExportConfig(source=src, qtype="Q4_0", out=tmp_path / f"tied-{flag}.gguf", **{flag: "F16"})).path
+        types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+        assert "output.weight" not in types and types["token_embd.weight"] == T.F16, flag
+    with pytest.raises(ConfigError, match="ties its output matrix"):
+        export(ExportConfig(source=src, qtype="Q4_0", out=tmp_path / "both.gguf", token_embedding_type="F16",
+                            output_tensor_type="Q8_0"))
+    assert not list(tmp_path.glob("*both*")) and not list(tmp_path.glob(".both*"))
+
+
+def test_tensor_type_flags_are_checked(llama_dir):
+    import gguf
+
+    from dca.quant.quantize import TENSOR_TYPES
+
+    for name, value in TENSOR_TYPES.items():
+        assert gguf.GGMLQuantizationType[name].value == value, name
+    with pytest.raises(ConfigError, match=r"--token-embedding-type Q4_K_M: .*file type.*Q4_K, Q8_0"):
+        ExportConfig(source=llama_dir, qtype="Q4_K_M", token_embedding_type="Q4_K_M")
+    with pytest.raises(ConfigError, match="--output-tensor-type Q9: unknown tensor type"):
+        ExportConfig(source=llama_dir, qtype="Q4_K_M", output_tensor_type="Q9")
+    with pytest.raises(ConfigError, match="--output-tensor-type applies to llama.cpp's types.*--type F16"):
+        ExportConfig(source=llama_dir, qtype="F16", output_tensor_type="Q8_0")
+    assert ExportConfig(source=llama_dir, qtype="Q4_K_M", token_embedding_type="q6_k").token_embedding_type == "Q6_K"
+
+
 @pytest.mark.parametrize("kind,arch,extra_tensor", [
     ("mistral", "llama", "blk.1.ffn_gate.weight"),
     ("qwen2", "qwen2", "blk.0.attn_q.bias"),
@@ -590,7 +638,8 @@ def test_cli_export_and_check(llama_dir, text_file, tmp_path):
     help_text = runner.invoke(app, ["quant", "--help"], env={"COLUMNS": "200"}).output
     assert "export" in help_text and "check" in help_text
     export_help = runner.invoke(app, ["quant", "export", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--out", "--type", "Q4_K_M", "--base-path", "--dtype", "--force", "--config"):
+    for flag in ("--out", "--type", "Q4_K_M", "--base-path", "--dtype", "--force", "--config",
+                 "--token-embedding-type", "--output-tensor-type"):
         assert flag in export_help, flag
     check_help = runner.invoke(app, ["quant", "check", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--reference", "--text-path", "--tokens", "--window"):

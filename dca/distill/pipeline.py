@@ -17,7 +17,8 @@ what the chain fills in, and writes under ``out_dir``:
     :class:`~dca.quant.ExportConfig` but ``source``, ``out``, ``force``; ``qtype`` defaults to F16 when a
     quantize stage follows, else to ExportConfig's -> ``model.QTYPE.gguf`` and its manifest.
 ``quantize``
-    ``qtype`` (a llama.cpp type: Q8_0, Q4_K_M...), ``threads`` -> ``model.QTYPE.gguf``.
+    ``qtype`` (a llama.cpp type: Q8_0, Q4_K_M...), ``threads``, ``token_embedding_type``,
+    ``output_tensor_type`` (as ``dca quant export``'s flags) -> ``model.QTYPE.gguf``.
 ``eval``
     :class:`~dca.eval.EvalConfig` but ``model`` (the last GGUF), ``out_dir``, ``resume``, ``force`` -> ``eval/``.
 
@@ -53,7 +54,8 @@ STAGES = ("import_traces", "generate", "filter", "train", "export", "quantize", 
 # Fields of each stage's config that the chain fills in; a section may not set them.
 _OWNED = {"generate": {"out"}, "filter": {"out", "report_dir", "force"}, "train": {"out_dir", "resume", "force"},
           "export": {"source", "out", "force"}, "eval": {"model", "out_dir", "resume", "force"}}
-_IMPORT_KEYS, _QUANTIZE_KEYS = {"src", "format"}, {"qtype", "threads"}
+_IMPORT_KEYS = {"src", "format"}
+_QUANTIZE_KEYS = {"qtype", "threads", "token_embedding_type", "output_tensor_type"}
 
 ProgressFn = Callable[[str, object], None]
 
@@ -196,9 +198,12 @@ def _validate(cfg: PipelineConfig, name: str) -> None:
         raise ConfigError(f"{name}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
     if name in ("import_traces", "quantize"):
         if name == "quantize":
-            from ..quant.quantize import WRITE_TYPES, normalize_qtype
+            from ..quant.quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type
 
             normalize_qtype(section["qtype"], "quantize.qtype")
+            for key in ("token_embedding_type", "output_tensor_type"):
+                if section.get(key):
+                    normalize_tensor_type(section[key], f"quantize.{key}")
             if _paths(cfg)["export"].name.split(".")[-2] not in WRITE_TYPES:
                 raise ConfigError(f"quantize needs a full-precision export to start from: set export.qtype to one "
                                   f"of {', '.join(WRITE_TYPES)} (got {cfg.export.get('qtype')})")
@@ -363,13 +368,19 @@ def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: b
         r = export(stage_cfg, progress=lambda stage: emit(stage))
         return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
     if name == "quantize":
-        from ..quant.quantize import normalize_qtype, quantize_gguf
+        from ..quant import read_manifest
+        from ..quant.quantize import normalize_qtype, normalize_tensor_type, quantize_gguf, resolve_tensor_types
 
         dst = paths["quantize"]
         tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        types = {key: normalize_tensor_type(stage_cfg[key], f"quantize.{key}") if stage_cfg.get(key) else None
+                 for key in ("token_embedding_type", "output_tensor_type")}
+        tied = bool((read_manifest(paths["export"]) or {}).get("tied_embeddings"))
+        embedding_type, output_type = resolve_tensor_types(**types, tied=tied, source=paths["export"])
         try:
             quantize_gguf(paths["export"], tmp, normalize_qtype(stage_cfg["qtype"], "quantize.qtype"),
-                          threads=stage_cfg.get("threads"))
+                          threads=stage_cfg.get("threads"), token_embedding_type=embedding_type,
+                          output_tensor_type=output_type)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)

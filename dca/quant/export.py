@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, QuantError
 from ..home import atomic_write_text, sha256_file
-from .quantize import WRITE_TYPES, normalize_qtype
+from .quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type, resolve_tensor_types
 from .source import LOAD_DTYPES
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ class ExportConfig:
         tokenizer_pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``) when dca cannot recognise it:
             ``gpt-2``, ``llama-bpe``, ``qwen2``, ``smollm``... (``--tokenizer-pre``). None detects it.
         threads: quantizer threads; None uses all (``--threads``).
+        token_embedding_type: type of ``token_embd.weight`` instead of llama.cpp's choice for ``qtype``: a tensor
+            type such as ``Q8_0``, ``F16``, ``Q6_K`` (``--token-embedding-type``; see
+            :data:`dca.quant.quantize.TENSOR_TYPES`). Only for llama.cpp types.
+        output_tensor_type: type of the output matrix likewise (``--output-tensor-type``). When the model ties its
+            output matrix to the embedding (one tensor), either flag sets that tensor.
         force: replace an existing ``out`` (``--force``).
 
     Raises:
@@ -92,6 +97,8 @@ class ExportConfig:
     name: str | None = None
     tokenizer_pre: str | None = None
     threads: int | None = None
+    token_embedding_type: str | None = None
+    output_tensor_type: str | None = None
     force: bool = False
 
     def __post_init__(self):
@@ -104,6 +111,15 @@ class ExportConfig:
             raise ConfigError(f"--intermediate must be one of {', '.join(WRITE_TYPES)}, got {self.intermediate}")
         if self.dtype not in LOAD_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(LOAD_DTYPES)}, got {self.dtype!r}")
+        for attr, flag in (("token_embedding_type", "--token-embedding-type"),
+                           ("output_tensor_type", "--output-tensor-type")):
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            setattr(self, attr, normalize_tensor_type(value, flag))
+            if self.qtype in WRITE_TYPES:
+                raise ConfigError(f"{flag} applies to llama.cpp's types (Q8_0, Q4_K_M...), not to --type "
+                                  f"{self.qtype}, which dca writes whole in one type")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.base is not None:
@@ -184,7 +200,8 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
         The paths, size, checksum and stage timings.
 
     Raises:
-        ConfigError: ``cfg.out`` exists and ``cfg.force`` is False.
+        ConfigError: ``cfg.out`` exists and ``cfg.force`` is False, or the model ties its output matrix to its
+            token embedding and ``cfg`` gives them different types.
         QuantError: the source cannot be loaded or written (see :func:`dca.quant.source.load_source` and
             :func:`dca.quant.gguf_writer.write_gguf`), llama.cpp failed, or the disk is full; nothing is left
             under ``cfg.out`` then.
@@ -225,9 +242,12 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
         seconds["write"] = time.perf_counter() - t0
         loaded.model = None  # free the weights before llama.cpp reads the file
         if not direct:
+            embedding_type, output_type = resolve_tensor_types(cfg.token_embedding_type, cfg.output_tensor_type,
+                                                               tied=info.tied_embeddings, source=cfg.source)
             step("quantize")
             t0 = time.perf_counter()
-            quantize_gguf(tmp_written, tmp_final, cfg.qtype, threads=cfg.threads)
+            quantize_gguf(tmp_written, tmp_final, cfg.qtype, threads=cfg.threads,
+                          token_embedding_type=embedding_type, output_tensor_type=output_type)
             seconds["quantize"] = time.perf_counter() - t0
             tmp_written.unlink()
         _fsync(tmp_final)

@@ -36,6 +36,14 @@ ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 #: Every name ``--type`` accepts, in the order ``--help`` lists them.
 QUANT_TYPES: tuple[str, ...] = (*WRITE_TYPES, *LLAMA_CPP_TYPES)
 
+#: Per-tensor types ``--token-embedding-type``/``--output-tensor-type`` accept: name -> ``enum ggml_type`` (ggml.h;
+#: a test checks them against ``gguf.GGMLQuantizationType``). These are tensor types, not file types: ``Q4_K``,
+#: not ``Q4_K_M``.
+TENSOR_TYPES: dict[str, int] = {
+    "F32": 0, "F16": 1, "BF16": 30, "Q8_0": 8, "Q6_K": 14, "Q5_K": 13, "Q4_K": 12, "Q3_K": 11, "Q2_K": 10,
+    "Q5_0": 6, "Q5_1": 7, "Q4_0": 2, "Q4_1": 3, "IQ4_NL": 20, "IQ4_XS": 23,
+}
+
 
 def normalize_qtype(name: str, flag: str = "--type") -> str:
     """The canonical spelling of a quantization type name (case-insensitive, aliases resolved).
@@ -54,18 +62,61 @@ def normalize_qtype(name: str, flag: str = "--type") -> str:
     return key
 
 
-def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None) -> None:
+def normalize_tensor_type(name: str, flag: str) -> str:
+    """The canonical spelling of a per-tensor type name (:data:`TENSOR_TYPES`, case-insensitive).
+
+    Raises:
+        ConfigError: an unknown name; the message names ``flag`` and lists the valid ones (and says so when a
+            file type such as ``Q4_K_M`` was given instead of a tensor type).
+    """
+    key = str(name).strip().upper().replace("-", "_")
+    if key in TENSOR_TYPES:
+        return key
+    hint = ""
+    if key in LLAMA_CPP_TYPES:
+        stem = key.rsplit("_", 1)[0] if key.endswith(("_S", "_M", "_L")) else None
+        near = f"{stem}, " if stem in TENSOR_TYPES else ""
+        hint = f" ({name} is a file type, for --type; tensor types are {near}Q8_0, F16...)"
+    raise ConfigError(f"{flag} {name}: unknown tensor type{hint}; choose one of {', '.join(TENSOR_TYPES)}")
+
+
+def resolve_tensor_types(token_embedding_type: str | None, output_tensor_type: str | None, *, tied: bool,
+                         source: object = "the model") -> tuple[str | None, str | None]:
+    """The ``(token_embedding_type, output_tensor_type)`` to hand llama.cpp's quantizer for a model.
+
+    llama.cpp quantizes a tied embedding/output matrix (``token_embd.weight`` with no ``output.weight``) with the
+    output type, so a tied model's ``--token-embedding-type`` is passed as the output type too.
+
+    Raises:
+        ConfigError: the model is tied and the two types differ; the message names ``source`` and both flags.
+    """
+    embedding, output = token_embedding_type, output_tensor_type
+    if not tied or embedding is None:
+        return embedding, output
+    if output is not None and output != embedding:
+        raise ConfigError(f"--token-embedding-type {embedding} and --output-tensor-type {output}: {source} ties "
+                          "its output matrix to its token embedding, one tensor that takes one type; give one flag")
+    return embedding, embedding
+
+
+def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None,
+                  token_embedding_type: str | None = None, output_tensor_type: str | None = None) -> None:
     """Quantize the GGUF ``src`` (F32/F16/BF16) into ``dst`` with llama.cpp's quantizer.
 
     llama.cpp picks per-tensor types itself: e.g. ``Q4_K_M`` keeps some ``attn_v``/``ffn_down`` tensors and the
     output matrix at Q6_K, 1-D tensors stay F32, and a tensor whose rows do not fit the block size (256 for
-    k-quants) falls back to a legacy type.
+    k-quants) falls back to a legacy type. ``token_embedding_type``/``output_tensor_type`` override its choice for
+    ``token_embd.weight``/``output.weight``, as ``llama-quantize --token-embedding-type/--output-tensor-type`` do;
+    in a model with tied embeddings (no ``output.weight``) llama.cpp gives the shared ``token_embd.weight`` the
+    output type.
 
     Args:
         src: the input GGUF.
         dst: the file to write (overwritten).
         qtype: a name of :data:`LLAMA_CPP_TYPES`.
         threads: quantizer threads; None uses one per hardware thread.
+        token_embedding_type: a name of :data:`TENSOR_TYPES`, or None for llama.cpp's choice.
+        output_tensor_type: a name of :data:`TENSOR_TYPES`, or None for llama.cpp's choice.
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
@@ -80,6 +131,10 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_CPP_TYPES[qtype]
     params.nthread = threads or 0
+    if token_embedding_type is not None:
+        params.token_embedding_type = TENSOR_TYPES[token_embedding_type]
+    if output_tensor_type is not None:
+        params.output_tensor_type = TENSOR_TYPES[output_tensor_type]
     log.info("quantizing %s -> %s (%s)", src, dst, qtype)
     # llama.cpp reports every tensor (and each k-quant fallback) on stderr; send it to logging meanwhile
     _ERRORS.clear()
