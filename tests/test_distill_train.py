@@ -335,6 +335,62 @@ def test_lora_on_the_bundled_gguf(traces_file, tmp_path):
     assert json.loads((cfg.out_dir / "manifest.json").read_text())["base"]["kind"] == "gguf"
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny, tmp_path_factory):
+    """The tiny Llama exported to an F16 GGUF by dca's own exporter."""
+    pytest.importorskip("gguf")
+    from dca.quant import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.F16.gguf"
+    export(ExportConfig(source=tiny, qtype="F16", out=out))
+    return out
+
+
+def test_full_fine_tuning_on_a_gguf_base_saves_a_plain_model(tiny, tiny_gguf, traces_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from dca.distill.train import train
+
+    result = train(cfg_for(str(tiny_gguf), traces_file, tmp_path / "full", method="full", max_steps=1,
+                           eval_fraction=0.0, lr=1e-2))
+    assert result.output == tmp_path / "full" / "model"
+    saved = json.loads((result.output / "config.json").read_text())
+    assert "quantization_config" not in saved  # transformers' gguf quantizer would make it unsaveable
+    trained = AutoModelForCausalLM.from_pretrained(result.output)
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    w, w0 = trained.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight
+    assert w.shape == w0.shape and not torch.allclose(w, w0, atol=1e-4)  # trained, not a copy of the base
+    assert json.loads((tmp_path / "full" / "manifest.json").read_text())["base"] == {"path": str(tiny_gguf),
+                                                                                   "kind": "gguf"}
+
+
+def test_a_gguf_base_is_written_once_as_an_hf_dir_for_qlora(tiny, tiny_gguf, dca_home, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dca.distill.train import gguf_as_hf_dir
+    from dca.errors import ModelError
+
+    d = gguf_as_hf_dir(tiny_gguf)
+    assert d.parent == dca_home / "hf-from-gguf" and d.name.startswith("tiny.F16-")
+    assert "quantization_config" not in json.loads((d / "config.json").read_text())
+    assert not any(p.name.startswith(".") for p in d.parent.iterdir())  # no temporary directory left
+    ids = torch.tensor([[1, 5, 9, 40, 7]])
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)(ids).logits
+        ref = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
+    assert torch.allclose(got, ref, atol=1e-3)  # float16 storage of an F16 GGUF: the same model
+    text = "How many clips did Natalia sell?"
+    assert AutoTokenizer.from_pretrained(d)(text).input_ids == AutoTokenizer.from_pretrained(tiny)(text).input_ids
+    stamp = (d / "config.json").stat().st_mtime_ns
+    assert gguf_as_hf_dir(tiny_gguf) == d and (d / "config.json").stat().st_mtime_ns == stamp  # reused
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(tiny_gguf.read_bytes()[:2000])
+    with pytest.raises(ModelError, match=r"bad\.gguf: transformers could not load it"):
+        gguf_as_hf_dir(bad)
+    assert sorted(p.name for p in d.parent.iterdir()) == [d.name]  # nothing written for the bad file
+
+
 def test_the_run_directory_is_guarded(tiny, traces_file, tmp_path):
     from dca.distill.train import train
 

@@ -112,7 +112,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 @contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path to fill; on success it replaces ``final`` whole, on failure it is removed."""
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -134,7 +134,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, rng: 
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    with _atomic_dir(final) as tmp:
+    with atomic_dir(final) as tmp:
         tmp.mkdir()
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         torch.save(trainable, tmp / "trainable.pt")
@@ -238,7 +238,7 @@ def save_final(run_dir: Path, model, tokenizer, *, method: str, base_path: Path)
     """Write ``adapter/`` (LoRA) or ``model/`` (full) atomically, with the tokenizer; returns the directory."""
     name = ADAPTER if method == "lora" else MODEL
     final = run_dir / name
-    with _atomic_dir(final) as tmp:
+    with atomic_dir(final) as tmp:
         if method == "lora":
             model.peft_config["default"].base_model_name_or_path = str(base_path)
             model.save_pretrained(str(tmp), save_embedding_layers=False)  # False: no Hub lookup of the base

@@ -63,7 +63,8 @@ class TrainConfig:
         model: the base (``-m/--model``): an HF model directory, a GGUF file (dequantized to full precision by
             transformers) or a name from ``dca models``; default the bundled SmolLM2-135M-Instruct.
         method: ``lora`` or ``full`` fine-tuning (``--method``).
-        qlora: LoRA on a 4-bit NF4 base (``--qlora``); needs CUDA, bitsandbytes and an HF model directory.
+        qlora: LoRA on a 4-bit NF4 base (``--qlora``); needs CUDA and bitsandbytes. A GGUF base is first written
+            out as an HF model directory (:func:`gguf_as_hf_dir`, cached), which bitsandbytes then quantizes.
         lora_r, lora_alpha, lora_dropout: the adapter's rank, scale numerator (the update is scaled by
             alpha / r) and dropout probability (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``).
         target_modules: names of the linear layers to adapt (``--target-modules``, comma-separated), or
@@ -297,13 +298,67 @@ def native_bf16(device) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def drop_gguf_quantizer(model) -> None:
+    """Make a model transformers loaded from a GGUF a plain one, in place.
+
+    transformers dequantizes a GGUF's tensors on load but keeps its ``gguf`` quantizer on the model, and
+    ``save_pretrained`` then refuses the model ("quantized with gguf and is not serializable"). The weights
+    are ordinary full-precision tensors, so dropping the quantizer (transformers' own
+    ``HfQuantizer.remove_quantization_config``) loses nothing. A model without it is left as it is.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) == "gguf":
+        quantizer.remove_quantization_config(model)
+
+
+def gguf_as_hf_dir(path: Path) -> Path:
+    """An HF model directory holding the GGUF ``path``'s model, dequantized to float16, and its tokenizer.
+
+    bitsandbytes quantizes to 4-bit NF4 while it loads an HF directory, and cannot start from a GGUF, so
+    ``--qlora`` on a GGUF base goes through this directory. It is written once, atomically, under
+    ``$DCA_HOME/hf-from-gguf/``, keyed by the GGUF's path, size and modification time, and reused. float16
+    holds an F16 GGUF's weights exactly and a quantized GGUF's dequantized ones to within float16 rounding,
+    far below the NF4 quantization's own error.
+
+    Raises:
+        ModelError: transformers cannot load the GGUF (unknown architecture, corrupt file).
+    """
+    import hashlib
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..home import dca_home
+
+    key = hashlib.sha256(json.dumps(fingerprint(path), sort_keys=True).encode()).hexdigest()[:16]
+    final = dca_home() / "hf-from-gguf" / f"{path.stem}-{key}"
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    log.info("writing %s as an HF model directory in %s (once)", path, final)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float16)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for unloadable checkpoints
+        raise ModelError(f"-m/--model {path}: transformers could not load it ({type(e).__name__}: {e})") from e
+    drop_gguf_quantizer(model)
+    with rundir.atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return final
+
+
 def load_model(cfg: TrainConfig, device, bf16: bool):
     """``(model, tokenizer, base path, kind)``: the base model in training precision on ``device``.
 
+    A GGUF base is loaded dequantized (a plain model, see :func:`drop_gguf_quantizer`); under ``--qlora`` it
+    goes through :func:`gguf_as_hf_dir` first. The base path is the GGUF's in either case.
+
     Raises:
         ModelError: transformers cannot load the model or its tokenizer.
-        ConfigError: the tokenizer is not a fast one (offsets are needed for the loss mask), or ``--qlora`` with
-            a GGUF base (the 4-bit quantization needs the HF weights).
+        ConfigError: the tokenizer is not a fast one (offsets are needed for the loss mask).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -312,11 +367,10 @@ def load_model(cfg: TrainConfig, device, bf16: bool):
     src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
     dtype = torch.bfloat16 if bf16 and cfg.method == "lora" else torch.float32  # full FT: fp32 master weights
     if cfg.qlora:
-        if kind == "gguf":
-            raise ConfigError(f"--qlora needs an HF model directory as -m/--model, got the GGUF {path}; export the "
-                              "full-precision model first or train LoRA without --qlora")
         from transformers import BitsAndBytesConfig
 
+        if kind == "gguf":
+            src, extra = str(gguf_as_hf_dir(path)), {}
         extra["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16)
@@ -326,6 +380,8 @@ def load_model(cfg: TrainConfig, device, bf16: bool):
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **extra)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for unloadable checkpoints
         raise ModelError(f"-m/--model {path}: transformers could not load it ({type(e).__name__}: {e})") from e
+    if kind == "gguf" and not cfg.qlora:
+        drop_gguf_quantizer(model)  # else save_pretrained refuses the fully fine-tuned model
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"-m/--model {path}: its tokenizer is not a fast (Rust) tokenizer; the loss mask needs "
                           "token offsets")
