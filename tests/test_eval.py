@@ -435,6 +435,16 @@ def test_compare_paired_bootstrap_significant_and_not(tmp_path, scripted_llm):
     c = compare_reports(tmp_path / "strong", tmp_path / "same")  # one item swapped: no difference
     assert c.rows[0].diff == 0.0 and not c.rows[0].significant and c.rows[0].low < 0 < c.rows[0].high
     assert {r.name for r in c.rows} >= {"mean_answer_tokens", "wall_s"}
+    assert not any("settings" in n for n in c.notes)  # the same harness
+
+    report = json.loads((tmp_path / "same" / "report.json").read_text())
+    report["settings"]["assistant"]["repeat_penalty"] = 1.3
+    report["settings"]["model"] = "/some/where/student.Q4_K_M.gguf"
+    del report["settings"]["assistant"]["quote"]  # a run made before the setting existed
+    (tmp_path / "same" / "report.json").write_text(json.dumps(report))
+    note = next(n for n in compare_reports(tmp_path / "strong", tmp_path / "same").notes if "settings" in n)
+    assert note.startswith("settings that differ: assistant.quote (only in A: False), assistant.repeat_penalty (")
+    assert "vs 1.3)" in note and "student.Q4_K_M.gguf')" in note and "data" not in note
 
     (tmp_path / "weak" / "predictions.jsonl").unlink()  # unpaired fallback
     c = compare_reports(tmp_path / "weak" / "report.json", tmp_path / "strong" / "report.json")

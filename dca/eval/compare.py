@@ -134,9 +134,45 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, r
     for name in COMPUTE_FIELDS:
         va, vb = getattr(ra, name), getattr(rb, name)
         rows.append(MetricDiff(name, va, vb, vb - va))
-    differing = sorted(k for k in set(ra.settings) | set(rb.settings)
-                       if k not in ("data", "data_sha256") and ra.settings.get(k) != rb.settings.get(k))
+    differing = settings_diff(ra.settings, rb.settings)
     if differing:
         notes.append("settings that differ: " + ", ".join(differing))
     return Comparison(ra, rb, tuple(rows), len(common) if any(r.method == "paired bootstrap" for r in rows) else 0,
                       tuple(notes))
+
+
+_MISSING = object()
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else "..." + text[-(width - 3):]  # a path keeps its file name
+
+
+def settings_diff(a: dict, b: dict) -> list[str]:
+    """The settings two runs do not share, as ``"KEY (A's value vs B's)"``; nested settings by dotted key
+    (``assistant.repeat_penalty``), a key one run lacks (a setting newer than that run) as ``"KEY (only in B:
+    value)"``. The data file's path and hash are left out: the pairing checks the items themselves."""
+    fa, fb = _flatten(a), _flatten(b)
+    out = []
+    for k in sorted(set(fa) | set(fb)):
+        if k in ("data", "data_sha256"):
+            continue
+        va, vb = fa.get(k, _MISSING), fb.get(k, _MISSING)
+        if va is _MISSING:
+            out.append(f"{k} (only in B: {_short(vb)})")
+        elif vb is _MISSING:
+            out.append(f"{k} (only in A: {_short(va)})")
+        elif va != vb:
+            out.append(f"{k} ({_short(va)} vs {_short(vb)})")
+    return out
