@@ -317,7 +317,8 @@ def gguf_as_hf_dir(path: Path) -> Path:
 
     bitsandbytes quantizes to 4-bit NF4 while it loads an HF directory, and cannot start from a GGUF, so
     ``--qlora`` on a GGUF base goes through this directory. It is written once, atomically, under
-    ``$DCA_HOME/hf-from-gguf/``, keyed by the GGUF's path, size and modification time, and reused. float16
+    ``$DCA_HOME/hf-from-gguf/``, keyed by the GGUF's :func:`~dca.distill.stamps.fingerprint` (path and content
+    hash; path, size and modification time above its hashing limit), and reused. float16
     holds an F16 GGUF's weights exactly and a quantized GGUF's dequantized ones to within float16 rounding,
     far below the NF4 quantization's own error.
 
