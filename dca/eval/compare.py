@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .harness import PREDICTIONS, read_predictions
-from .report import MEAN_METRICS, EvalReport, load_report
+from .report import MEAN_METRICS, MISSING, EvalReport, load_report, setting_pairs
 from .stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -141,19 +141,6 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, r
                       tuple(notes))
 
 
-_MISSING = object()
-
-
-def _flatten(settings: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _short(value, width: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= width else "..." + text[-(width - 3):]  # a path keeps its file name
@@ -163,15 +150,13 @@ def settings_diff(a: dict, b: dict) -> list[str]:
     """The settings two runs do not share, as ``"KEY (A's value vs B's)"``; nested settings by dotted key
     (``assistant.repeat_penalty``), a key one run lacks (a setting newer than that run) as ``"KEY (only in B:
     value)"``. The data file's path and hash are left out: the pairing checks the items themselves."""
-    fa, fb = _flatten(a), _flatten(b)
     out = []
-    for k in sorted(set(fa) | set(fb)):
+    for k, va, vb in setting_pairs(a, b):
         if k in ("data", "data_sha256"):
             continue
-        va, vb = fa.get(k, _MISSING), fb.get(k, _MISSING)
-        if va is _MISSING:
+        if va is MISSING:
             out.append(f"{k} (only in B: {_short(vb)})")
-        elif vb is _MISSING:
+        elif vb is MISSING:
             out.append(f"{k} (only in A: {_short(va)})")
         elif va != vb:
             out.append(f"{k} ({_short(va)} vs {_short(vb)})")

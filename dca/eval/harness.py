@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, LoaderError
 from ..home import atomic_write_text, sha256_file
-from .report import EvalReport, build_report, to_markdown
+from .report import MISSING, EvalReport, build_report, setting_pairs, to_markdown
 from .tasks import TASKS, load_items, score_answer, system_prompt
 
 log = logging.getLogger(__name__)
@@ -184,22 +184,19 @@ def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
     return [records[i] for i in sorted(records)]
 
 
-def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _settings_diff(old: dict, new: dict) -> list[str]:
     """The flags whose values differ between a run's stored settings and the new ones. An assistant setting
     that a run made by an older dca did not record counts as that setting's default."""
     from dataclasses import fields
 
     from ..assistant import AssistantConfig
 
-    defaults = {f.name: f.default for f in fields(AssistantConfig)} if prefix == "assistant." else {}
+    defaults = {f"assistant.{f.name}": f.default for f in fields(AssistantConfig)}
     diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, defaults.get(key)), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _settings_diff(a, b, prefix=key + ".")
-        elif a != b:
-            flag = _FLAGS.get(key, f"setting {prefix}{key}")
-            diffs.append(f"{flag} was {a!r}, now {b!r}")
+    for key, a, b in setting_pairs(old, new):
+        a, b = defaults.get(key) if a is MISSING else a, None if b is MISSING else b
+        if a != b:
+            diffs.append(f"{_FLAGS.get(key.rsplit('.', 1)[-1], f'setting {key}')} was {a!r}, now {b!r}")
     return diffs
 
 

@@ -184,3 +184,17 @@ def load_report(path: str | Path) -> EvalReport:
         return EvalReport.from_dict(data, out_dir=path.parent)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise LoaderError(path, f"not a dca eval report ({e}); it is written by: dca eval --task ... --data ...") from e
+
+
+MISSING = object()  # a setting one of two runs did not record (it was made by an older dca)
+
+
+def setting_pairs(a: dict, b: dict, prefix: str = ""):
+    """Yield ``(dotted key, a's value, b's value)`` for every leaf of two nested settings mappings (a run's
+    ``config.json`` settings), keys sorted level by level, :data:`MISSING` where one mapping lacks the key."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, MISSING), b.get(key, MISSING)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            yield from setting_pairs(va, vb, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", va, vb
