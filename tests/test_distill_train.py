@@ -260,6 +260,10 @@ def test_a_finished_run_asked_for_more_steps_says_how_to_train_further(tiny, tra
     more = train(cfg_for(str(err.value).rsplit("-m ", 1)[1], traces_file, tmp_path / "more", method="full",
                          max_steps=1, eval_fraction=0.0))  # the hint's model loads and trains
     assert more.steps == 1 and more.first_loss < full.first_loss
+    train(cfg_for(tiny, traces_file, tmp_path / "held", method="full", max_steps=1, eval_fraction=0.4, seed=3))
+    with pytest.raises(ConfigError, match=r"weights: -m \S*held/model, with --seed 3 --eval-fraction 0.4 so that "
+                                          r"the held-out questions stay ones it never trained on$"):
+        train(cfg_for(tiny, traces_file, tmp_path / "held", method="full", max_steps=2, eval_fraction=0.4, seed=3))
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights_and_metrics(tiny, traces_file, tmp_path):

@@ -251,6 +251,9 @@ def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | 
                          f"dca quant export {d} -t F16 -o {d.name}.F16.gguf, then -m {d.name}.F16.gguf")
                 further = (f". To train a finished run further, start a new run (another -o/--out-dir) from its "
                            f"weights: {model}")
+                if saved.get("eval_fraction") and not saved.get("eval_data"):
+                    further += (f", with --seed {saved.get('seed')} --eval-fraction {saved['eval_fraction']} so that "
+                                "the held-out questions stay ones it never trained on")
             raise ConfigError(f"-o/--out-dir {d} holds a run with other settings: {'; '.join(dict.fromkeys(diffs))}. "
                               "Continue it with the same flags and data, start over with --force, or choose another "
                               f"-o/--out-dir{further}")
