@@ -97,6 +97,25 @@ def test_quantize_stage_follows_a_full_precision_export(tiny, gsm8k, tmp_path): 
         load(path)
 
 
+def test_a_full_fine_tuning_chain_exports_the_trained_model(tiny, gsm8k, tmp_path):
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    from dca.distill.pipeline import run_pipeline
+
+    out = tmp_path / "full"
+    path = write_config(tmp_path / "full.yaml", tiny, gsm8k, out, method="full", lr=1e-3)
+    report = run_pipeline(load(path))
+    assert [(s.stage, s.action) for s in report.stages][-2:] == [("train", "ran"), ("export", "ran")]
+    assert not (out / "train" / "adapter").exists()
+    trained, base = load_file(out / "train" / "model" / "model.safetensors"), load_file(tiny / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert not torch.equal(trained[name], base[name])
+    tensors = {t.name: t for t in GGUFReader(out / "model.F32.gguf").tensors}
+    exported = torch.from_numpy(tensors["blk.1.ffn_down.weight"].data.copy()).reshape(trained[name].shape)
+    assert torch.equal(exported, trained[name].float())  # the export is the fine-tuned model, not the base
+
+
 def test_an_interrupted_training_stage_continues(tiny, gsm8k, tmp_path):
     from dca.distill.pipeline import run_pipeline
 
