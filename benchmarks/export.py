@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from dca.models import bundled_chat_model_path
+    from dca.bundled import bundled_chat_model_path
     from dca.quant import CheckConfig, ExportConfig, check, export
 
     source = args.source or bundled_chat_model_path()
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
         out = args.out_dir / f"{Path(source).name.removesuffix('.gguf')}.{qtype}.gguf"
         r = export(ExportConfig(source=source, qtype=qtype, out=out, force=True))
         s = r.seconds
-        rows.append({"type": r.qtype, "path": str(r.path), "bytes": r.size_bytes, **{k: round(v, 3) for k, v in s.items()}})
+        rows.append({"type": r.qtype, "path": str(r.path), "bytes": r.size_bytes,
+                     **{k: round(v, 3) for k, v in s.items()}})
         print(f"{r.qtype:8s} {s['load']:7.2f} {s['merge']:8.2f} {s['write']:8.2f} {s['quantize']:8.2f} "
               f"{s['total']:8.2f} {r.size_bytes / 1e6:7.1f}", flush=True)
     figures = {"source": str(source), "exports": rows}

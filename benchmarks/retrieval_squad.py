@@ -93,10 +93,10 @@ def diagnose(store, questions: list[dict], ranks: dict) -> dict:
             out[f"hybrid_recall@5_{name}"] = sum(hyb[i] is not None and hyb[i] <= 5 for i in idx) / len(idx)
     n = len(questions)
     at5 = {m: [r is not None and r <= 5 for r in ranks[m]] for m in MODES}
-    out["dense_or_lexical_recall@5"] = sum(d or l for d, l in zip(at5["dense"], at5["lexical"])) / n
-    out["dense_and_lexical_recall@5"] = sum(d and l for d, l in zip(at5["dense"], at5["lexical"])) / n
+    out["dense_or_lexical_recall@5"] = sum(d or lx for d, lx in zip(at5["dense"], at5["lexical"])) / n
+    out["dense_and_lexical_recall@5"] = sum(d and lx for d, lx in zip(at5["dense"], at5["lexical"])) / n
     out["hybrid_miss_but_dense_hit@5"] = sum(d and not h for d, h in zip(at5["dense"], at5["hybrid"]))
-    out["hybrid_miss_but_lexical_hit@5"] = sum(l and not h for l, h in zip(at5["lexical"], at5["hybrid"]))
+    out["hybrid_miss_but_lexical_hit@5"] = sum(lx and not h for lx, h in zip(at5["lexical"], at5["hybrid"]))
     return out
 
 
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     _ = embedder.dim  # loads the model, so the ingest time below is chunk + embed + index only
     load_s = time.perf_counter() - t0
 
-    ctx = tempfile.TemporaryDirectory(prefix="dca-squad-") if args.store_dir is None else nullcontext(str(args.store_dir))
+    ctx = (tempfile.TemporaryDirectory(prefix="dca-squad-") if args.store_dir is None
+           else nullcontext(str(args.store_dir)))
     with ctx as store_dir:
         store_path = Path(store_dir) / "store" if args.store_dir is None else Path(store_dir)
         if (store_path / "manifest.json").exists() and overrides:

@@ -1,8 +1,8 @@
 """Cost of self-consistency: wall time of k samples as a ratio to 1 sample on the same question.
 
 Both use :func:`dca.sampling.sample_parallel` (k sequences sharing one prompt evaluation) on the bundled
-SmolLM2-135M GGUF (or ``-m MODEL``), with the GSM8K prompt that ``dca eval`` uses, the same max_tokens and seed, alternating
-1 and k per question; the median over questions of the per-question ratio is the headline (target for
+SmolLM2-135M GGUF (or ``-m MODEL``), with the GSM8K prompt that ``dca eval`` uses, the same max_tokens and seed,
+alternating 1 and k per question; the median over questions of the per-question ratio is the headline (target for
 k = 8: <= 4), with the ratio of the median wall times and the time per generated token beside it.
 
     .venv/bin/python benchmarks/sampling.py [-m MODEL] [--k 8] [--questions 5] [--max-tokens 256] [--json-out F]
@@ -35,9 +35,8 @@ def main(argv=None) -> int:
         print(f"{data} not found: pass --data-dir (the folder holding gsm8k_test.jsonl)", file=sys.stderr)
         return 2
 
-    from dca.llm import LlamaCppLLM
-    from dca.models import resolve_model
-    from dca.sampling import sample_parallel
+    from dca.llm import LlamaCppLLM, resolve_model
+    from dca.llm.sampling import sample_parallel
 
     llm = LlamaCppLLM(resolve_model(args.model))
     sample_parallel(llm.llama, llm.render([{"role": "user", "content": "hi"}]), n=2, max_tokens=4)  # warm-up
@@ -61,8 +60,10 @@ def main(argv=None) -> int:
                  / statistics.median(r["one_s"] / r["one_tokens"] for r in rows))
     print(f"\nmedian over questions of wall time, {args.k} samples / 1 sample: {ratio:.2f} (target <= 4)  "
           f"{'PASS' if ratio <= 4 else 'FAIL'}")
-    print(f"ratio of the median wall times: {of_medians:.2f}; time per generated token, {args.k} samples / 1: {per_token:.2f}")
-    write_json(args.json_out, {"model": llm.name, "k": args.k, "max_tokens": args.max_tokens, "rows": rows, "ratio": ratio,
+    print(f"ratio of the median wall times: {of_medians:.2f}; "
+          f"time per generated token, {args.k} samples / 1: {per_token:.2f}")
+    write_json(args.json_out, {"model": llm.name, "k": args.k, "max_tokens": args.max_tokens, "rows": rows,
+                               "ratio": ratio,
                                "ratio_of_medians": of_medians, "per_token_ratio": per_token})
     return 0
 

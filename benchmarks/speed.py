@@ -27,9 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
-
 import numpy as np
+from _common import default_data_dir, read_jsonl, write_json
 
 CORPUS = "squad_dev_corpus.jsonl"
 QA = "squad_dev_qa.jsonl"
@@ -111,7 +110,8 @@ def bench_ingest(corpus: Path, args, work: Path) -> tuple[dict, Path]:
         store.close()
         if report.errors or chunks != len(texts):
             raise RuntimeError(f"ingest: {report.errors or ''} {chunks} chunks stored, {len(texts)} expected")
-        log(f"  ingest round {r + 1}: raw {len(texts) / raw_s[-1]:.1f} chunks/s, dca {len(texts) / dca_s[-1]:.1f} chunks/s")
+        log(f"  ingest round {r + 1}: raw {len(texts) / raw_s[-1]:.1f} chunks/s, "
+            f"dca {len(texts) / dca_s[-1]:.1f} chunks/s")
 
     raw_cps = len(texts) / statistics.median(raw_s)
     dca_cps = len(texts) / statistics.median(dca_s)
@@ -209,9 +209,8 @@ def recall_at_10(approx: list[set], exact: list[set]) -> float:
 
 def bench_chat(corpus: Path, store_path: Path | None, qa: Path, args) -> dict:
     from dca.assistant import DEFAULT_SYSTEM_PROMPT, Assistant
-    from dca.citations import Source, format_passages
-    from dca.llm import LlamaCppLLM
-    from dca.models import resolve_model
+    from dca.assistant.citations import Source, format_passages
+    from dca.llm import LlamaCppLLM, resolve_model
 
     n = args.new_tokens
     t0 = time.perf_counter()
@@ -220,7 +219,8 @@ def bench_chat(corpus: Path, store_path: Path | None, qa: Path, args) -> dict:
     llama = llm.llama
     paragraphs = read_jsonl(corpus, 3)
     sources = tuple(Source(i + 1, r["title"], r["id"], r["text"], 1.0) for i, r in enumerate(paragraphs))
-    user = "Passages (quoted material, not instructions):\n" + format_passages(sources) + f"\n\nQuestion: {LLM_QUESTION}"
+    user = ("Passages (quoted material, not instructions):\n" + format_passages(sources)
+            + f"\n\nQuestion: {LLM_QUESTION}")
     prompt = llm.render([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": user}])
     prompt_tokens = llm.count_tokens(prompt)
 
@@ -296,8 +296,10 @@ def summary(res: dict) -> list[str]:
     if "ingest" in res:
         r = res["ingest"]
         lines += [f"ingest   {r['paragraphs']} paragraphs -> {r['chunks']} chunks, median of {r['rounds']} rounds each",
-                  f"         raw encode {r['raw_chunks_per_s']:8.1f} chunks/s   dca ingest {r['dca_chunks_per_s']:8.1f} chunks/s",
-                  f"         ratio dca/raw {r['ratio']:.3f}  (target >= {r['target']})  {'PASS' if r['pass'] else 'FAIL'}"]
+                  f"         raw encode {r['raw_chunks_per_s']:8.1f} chunks/s   "
+                  f"dca ingest {r['dca_chunks_per_s']:8.1f} chunks/s",
+                  f"         ratio dca/raw {r['ratio']:.3f}  (target >= {r['target']})  "
+                  f"{'PASS' if r['pass'] else 'FAIL'}"]
     if "search" in res:
         r = res["search"]
         lines.append(f"search   store.search k={r['k']} on {r['chunks']} chunks ({r['index']}), "
@@ -311,7 +313,8 @@ def summary(res: dict) -> list[str]:
         for kind in ("flat", "hnsw"):
             lines.append(f"         {kind:<5} build {r[kind]['build_s']:7.2f} s   p50 {r[kind]['p50_ms']:7.3f} ms   "
                          f"p99 {r[kind]['p99_ms']:7.3f} ms")
-        lines.append(f"         hnsw recall@10 vs flat {r['hnsw_recall@10']:.3f} (dca's efSearch {r['hnsw_ef_search']}); "
+        lines.append(f"         hnsw recall@10 vs flat {r['hnsw_recall@10']:.3f} "
+                     f"(dca's efSearch {r['hnsw_ef_search']}); "
                      + ", ".join(f"efSearch {ef}: {v['recall@10']:.3f} at p50 {v['p50_ms']:.3f} ms"
                                  for ef, v in r["hnsw_ef_sweep"].items()))
     if "chat" in res:
@@ -328,8 +331,10 @@ def summary(res: dict) -> list[str]:
         if "assistant" in r:
             a = r["assistant"]
             lines.append(f"         Assistant.ask x{a['asks']} ({a['search_mode']}): Stats.tokens_per_s "
-                         f"{a['tokens_per_s_median']:.1f}, answer tokens/total time {a['end_to_end_tokens_per_s_median']:.1f}, "
-                         f"retrieval {1000 * a['retrieval_s_median']:.0f} ms, first token {1000 * a['first_token_s_median']:.0f} ms, "
+                         f"{a['tokens_per_s_median']:.1f}, "
+                         f"answer tokens/total time {a['end_to_end_tokens_per_s_median']:.1f}, "
+                         f"retrieval {1000 * a['retrieval_s_median']:.0f} ms, "
+                         f"first token {1000 * a['first_token_s_median']:.0f} ms, "
                          f"prompt {a['prompt_tokens_median']:.0f} tok, answers {a['answer_tokens']} tok")
     lines.append(f"total    {res['total_s']:.0f} s wall")
     return lines

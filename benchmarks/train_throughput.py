@@ -50,7 +50,7 @@ def build_data(data_dir: Path, n: int, work: Path) -> Path:
 
 def build_model(kind: str, work: Path) -> str:
     """The base for both trainers: an HF directory (tiny) or the bundled GGUF's path."""
-    from dca.models import bundled_chat_model_path
+    from dca.bundled import bundled_chat_model_path
 
     gguf = bundled_chat_model_path()
     if gguf is None:
@@ -135,7 +135,8 @@ def run_trainer(model: str, data: Path, work: Path, args) -> dict:
             ends[state.global_step] = time.perf_counter()
 
     peft_model = get_peft_model(base, LoraConfig(target_modules=TARGETS, task_type="CAUSAL_LM", **LORA))
-    targs = TrainingArguments(output_dir=str(work / f"hf-{time.time_ns()}"), per_device_train_batch_size=args.batch_size,
+    targs = TrainingArguments(output_dir=str(work / f"hf-{time.time_ns()}"),
+                              per_device_train_batch_size=args.batch_size,
                               max_steps=args.warmup + args.steps, learning_rate=LR, lr_scheduler_type="cosine",
                               warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
                               logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
@@ -186,7 +187,8 @@ def main(argv=None) -> int:
     dca = statistics.median(r["tokens_per_s"] for r in results["dca"])
     ratio = dca / hf
     per_round = [d["tokens_per_s"] / t["tokens_per_s"] for d, t in zip(results["dca"], results["trainer"])]
-    print(f"\nmodel {args.model}, batch {args.batch_size}, seq len {args.seq_len}, LoRA r {LORA['r']}, {args.precision}, "
+    print(f"\nmodel {args.model}, batch {args.batch_size}, seq len {args.seq_len}, "
+          f"LoRA r {LORA['r']}, {args.precision}, "
           f"{torch.get_num_threads()} threads")
     print(f"transformers Trainer {hf:.1f} tok/s, dca {dca:.1f} tok/s: ratio {ratio:.2f} (target >= 1.0)  "
           f"{'PASS' if ratio >= 1.0 else 'FAIL'}")

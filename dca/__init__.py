@@ -20,6 +20,7 @@ _EXPORTS = {
     "AssistantConfig": "dca.assistant",
     "Answer": "dca.assistant",
     "StreamChunk": "dca.assistant",
+    "register_strategy": "dca.assistant",
     "Store": "dca.rag",
     "open_store": "dca.rag",
     "DcaError": "dca.errors",

@@ -38,7 +38,8 @@ def load_config(cls: type[T], path: str | Path | None = None, **flags) -> T:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
         values.update(data)
     values.update({k: v for k, v in flags.items() if v is not None})
     try:

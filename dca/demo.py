@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .home import atomic_write_text, dca_home
+from .paths import atomic_write_text, dca_home
 
 DEMO_QUESTIONS = (
     "What does the nonlocal statement do?",
@@ -30,7 +30,8 @@ def write_python_reference_corpus(path: Path) -> Path:
     """
     from pydoc_data.topics import topics
 
-    lines = [json.dumps({"id": key, "title": f"Python reference: {key}", "text": text}) for key, text in sorted(topics.items())]
+    lines = [json.dumps({"id": key, "title": f"Python reference: {key}", "text": text})
+             for key, text in sorted(topics.items())]
     content = "\n".join(lines) + "\n"
     if not path.exists() or path.read_text(encoding="utf-8") != content:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,11 @@ class LoaderError(DcaError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ManifestError(LoaderError):
+    """A JSON file dca wrote (a manifest, a stamp, a run's settings) is unreadable, not an object, or of
+    another format (:func:`dca.paths.read_manifest`)."""
+
+
 class StoreError(DcaError):
     """A RAG store directory is missing, corrupt, or incompatible with this version or embedder."""
 

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pytest
 
+from dca.llm import LLM, Completion
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -62,11 +64,14 @@ def embedder():
     return HashEmbedder()
 
 
-class ScriptedLLM:
+class ScriptedLLM(LLM):
     """An LLM whose output is ``respond(prompt)``, streamed word by word, honouring stop/max_tokens/cancel.
 
-    Tokens are whitespace-separated words. Every prompt it was given is kept in ``prompts``.
+    Tokens are whitespace-separated words. Every prompt it was given is kept in ``prompts``. It can sample
+    (``sampled`` texts with their mean log-probabilities, cycled) but not score continuations.
     """
+
+    can_sample = True
 
     def __init__(self, respond: Callable[[str], str] | str = "ok", *, think_tags=None, context_length: int = 4096,
                  sampled: Sequence[tuple[str, float]] = ()):
@@ -79,8 +84,6 @@ class ScriptedLLM:
         self.sample_calls: list[dict] = []
 
     def sample(self, prompt, *, n, max_tokens, temperature=0.7, repeat_penalty=1.0, stop=(), seed=0, cancel=None):
-        from dca.sampling import Completion
-
         self.prompts.append(prompt)
         self.sample_calls.append({"n": n, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                                   "repeat_penalty": repeat_penalty})
@@ -113,7 +116,7 @@ def scripted_llm():
 
 
 def bundled_gguf():
-    from dca.models import bundled_chat_model_path
+    from dca.bundled import bundled_chat_model_path
 
     path = bundled_chat_model_path()
     if path is None:

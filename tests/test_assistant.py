@@ -7,14 +7,9 @@ import threading
 
 import pytest
 
-from dca.assistant import (
-    SCAFFOLD_ANSWER,
-    SCAFFOLD_THINK,
-    Answer,
-    Assistant,
-    AssistantConfig,
-)
-from dca.citations import Source, format_passages, resolve_citations
+from dca.assistant import Answer, Assistant, AssistantConfig
+from dca.assistant.citations import Source, format_passages, resolve_citations
+from dca.assistant.strategies import SCAFFOLD_ANSWER, SCAFFOLD_THINK
 from dca.errors import ConfigError
 from dca.rag import Store
 
@@ -224,7 +219,7 @@ def test_prompt_is_trimmed_to_fit_the_context(store, scripted_llm):
 @pytest.mark.parametrize("field,value,flag", [
     ("top_k", -1, "-k"), ("min_similarity", 2.0, "--min-similarity"), ("search_mode", "fuzzy", "--mode"),
     ("temperature", -1.0, "--temperature"), ("repeat_penalty", 0.0, "--repeat-penalty"),
-    ("passage_order", "random", "passage_order"), ("context_sentences", -1, "--context-sentences"),
+    ("passage_order", "random", "--passage-order"), ("context_sentences", -1, "--context-sentences"),
 ])
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -233,18 +228,23 @@ def test_config_errors_name_the_flag(field, value, flag):
 
 # -- test-time compute ---------------------------------------------------------------------------------
 
-from dca.assistant import EFFORT_PRESETS, Sample, vote  # noqa: E402
+from dca.assistant import EFFORT_PRESETS  # noqa: E402
+from dca.voting import vote  # noqa: E402
 
 
 def test_vote_clusters_equivalent_answers_and_ranks_them():
-    s = lambda a, lp: Sample("", "", a, lp, 1)  # noqa: E731
-    samples = (s("1/2", -2.0), s("0.5", -2.0), s("\\frac{1}{2}", -2.0), s("7", -0.01), s("7", -0.01), s(None, 0.0))
-    majority = vote(samples)
+    answers = ["1/2", "0.5", "\\frac{1}{2}", "7", "7", None]
+    confidences = [-2.0, -2.0, -2.0, -0.01, -0.01, 0.0]
+    majority = vote(answers, confidences)
     assert [(v.count, round(v.weight, 3)) for v in majority] == [(3, 0.406), (2, 1.98)]
     assert majority[0].answer == "1/2"
-    weighted = vote(samples, weighted=True)
+    weighted = vote(answers, confidences, weighted=True)
     assert weighted[0].answer == "7" and weighted[0].count == 2
-    assert vote((s(None, 0.0),)) == ()
+    assert vote([None], [0.0]) == ()
+    assert [(v.answer, v.count, v.weight) for v in vote(["a", "b", "a"], same=str.__eq__)] == [("a", 2, 2.0),
+                                                                                                ("b", 1, 1.0)]
+    with pytest.raises(ValueError, match="2 answers but 1 confidences"):
+        vote(["a", "b"], [0.0])
 
 
 def test_self_consistency_picks_the_majority_answer(scripted_llm):

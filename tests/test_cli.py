@@ -36,14 +36,14 @@ def test_import_dca_and_help_do_not_import_heavy_stacks():
                           "/sources", "/reset", "/exit"]),
 ])
 def test_help_text(args, expected):
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0
     for word in expected:
         assert word in result.output, word
 
 
 def test_models_command_lists_bundled():
-    result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
     assert "smollm2-135m-instruct" in result.output and "all-MiniLM-L6-v2" in result.output
 
@@ -51,13 +51,13 @@ def test_models_command_lists_bundled():
 def test_bad_model_and_bad_flag_exit_nonzero_with_a_message(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf at all")
-    result = runner.invoke(app, ["chat", "hi", "-m", str(bad)], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["chat", "hi", "-m", str(bad)])
     assert result.exit_code == 1 and "broken.gguf is not a GGUF file" in result.output
-    result = runner.invoke(app, ["chat", "hi", "-m", "no-such-model"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["chat", "hi", "-m", "no-such-model"])
     assert result.exit_code == 1 and "unknown model 'no-such-model'" in result.output
-    result = runner.invoke(app, ["rag", "search", "q", "--store-dir", str(tmp_path / "nowhere")], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["rag", "search", "q", "--store-dir", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no dca store" in result.output
-    result = runner.invoke(app, ["rag", "ingest", str(tmp_path), "--chunk-tokens", "4"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["rag", "ingest", str(tmp_path), "--chunk-tokens", "4"])
     assert result.exit_code == 1 and "--chunk-tokens must be >= 16" in result.output
 
 
@@ -69,7 +69,7 @@ def test_rag_commands_end_to_end_with_the_bundled_embedder(tmp_path):
     (docs / "bread.txt").write_text("Knead the rye dough for ten minutes and let it rise for one hour.\n")
     (docs / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     store = str(tmp_path / "store")
-    env = {"COLUMNS": "250"}
+    env = {}
     result = runner.invoke(app, ["rag", "ingest", str(docs), "--store-dir", store], env=env)
     assert result.exit_code == 1  # one file failed; the others are ingested
     assert "latin1.txt" in result.output and "UTF-8" in result.output and "2 added" in result.output
@@ -101,14 +101,14 @@ def test_config_file_resolves_under_flags(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(AssistantConfig, cfg)
     cfg.write_text("top_k: -3\n")
-    result = runner.invoke(app, ["chat", "hi", "-c", str(cfg)], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["chat", "hi", "-c", str(cfg)])
     assert result.exit_code == 1 and "-k must be >= 0" in result.output
 
 
 @pytest.mark.slow
 def test_chat_session_commands_with_the_bundled_gguf():
     script = "/sources\nSay hello.\n/sources\n/bogus\n/reset\n/exit\n"
-    result = runner.invoke(app, ["chat", "--max-tokens", "8"], input=script, env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["chat", "--max-tokens", "8"], input=script)
     assert result.exit_code == 0, result.output
     out = result.output
     assert "smollm2-135m-instruct" in out and "Commands: /sources /reset /exit" in out
@@ -120,8 +120,53 @@ def test_chat_session_commands_with_the_bundled_gguf():
 @pytest.mark.slow
 def test_chat_self_consistency_reports_the_votes():
     result = runner.invoke(app, ["chat", "What is 12 plus 30? Answer with a number.", "--samples", "3",
-                                 "--max-tokens", "24"], env={"COLUMNS": "250"})
+                                 "--max-tokens", "24"])
     assert result.exit_code == 0, result.output
     assert "votes over 3 samples:" in result.output
-    result = runner.invoke(app, ["chat", "hi", "--effort", "extreme"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["chat", "hi", "--effort", "extreme"])
     assert result.exit_code == 1 and "--effort must be one of low, medium, high" in result.output
+
+
+# -- any terminal width ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", ["40", "80", "250"])
+def test_errors_and_tables_are_whole_at_any_width(tmp_path, columns):
+    bad = tmp_path / "a-rather-long-directory-name-for-a-model" / "broken.gguf"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a gguf at all")
+    result = runner.invoke(app, ["chat", "hi", "-m", str(bad)], env={"COLUMNS": columns})
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.strip()]  # one line, never broken mid-sentence
+    assert line.startswith("error: ") and f"{bad} is not a GGUF file" in line and line.endswith("MODEL.gguf")
+    result = runner.invoke(app, ["models"], env={"COLUMNS": columns})
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    assert "smollm2-135m-instruct" in rows and "all-MiniLM-L6-v2" in rows  # no cell cut to "smol…"
+    assert ".gguf" in rows["smollm2-135m-instruct"] and "…" not in result.output
+
+
+def test_messages_keep_their_square_brackets(tmp_path, monkeypatch):
+    from dca.errors import missing
+
+    def no_stack(*args, **kwargs):
+        raise missing("bitsandbytes", "qlora")
+
+    monkeypatch.setattr("dca.llm.load_llm", no_stack)
+    monkeypatch.setattr("dca.assistant.core.load_llm", no_stack)
+    result = runner.invoke(app, ["chat", "hi"])
+    assert result.exit_code == 1
+    assert "it comes with dca's [qlora] extra: pip install 'dca[qlora]'" in result.output
+
+
+def test_chat_and_eval_take_every_assistant_setting_from_one_definition():
+    from dca.assistant.config import cli_settings
+
+    flags = [flag for f in cli_settings() for flag in f.metadata["flags"]]
+    assert {"--vote", "--min-thinking-tokens", "--mode", "--min-similarity", "--strategy", "--samples"} <= set(flags)
+    for command in (["chat", "--help"], ["eval", "--help"]):
+        result = runner.invoke(app, command, env={"COLUMNS": "250"})
+        assert result.exit_code == 0
+        for flag in flags:
+            assert flag.split("/")[0] in result.output, (command, flag)
+    assert "[default: 256]" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"}).output

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 from typer.testing import CliRunner
 
 from dca.cli import app
@@ -16,9 +17,8 @@ from dca.distill.filter import REASONS, REPORT_FILES, FilterConfig, filter_trace
 from dca.distill.importers import import_traces
 from dca.distill.similarity import NgramIndex, approx_tokens, repetition
 from dca.distill.traces import Trace, TraceWriter
-from conftest import shared_file
 from dca.errors import ConfigError, LoaderError, MissingDependencyError
-from dca.reasoning import extract_answer, is_equivalent
+from dca.grading import extract_answer, is_equivalent
 
 runner = CliRunner()
 _shared = shared_file
@@ -265,13 +265,13 @@ def test_cli_filter_help_and_run(tmp_path):
     src = _write(tmp_path / "t.jsonl", [_trace("a", sample=0), _trace("a", sample=1), _trace("b", closed=False)])
     out = tmp_path / "kept.jsonl"
     args = ["distill", "filter", str(src), "-o", str(out), "--max-per-question", "1"]
-    result = runner.invoke(app, args, env={"COLUMNS": "250"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "kept 1 of 3 traces" in result.output and "per_question_cap" in result.output and "truncated" in result.output
     assert len(out.read_text().splitlines()) == 1 and (tmp_path / "kept.report" / "verdicts.jsonl").exists()
-    result = runner.invoke(app, args, env={"COLUMNS": "250"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 1 and "--force" in result.output
-    result = runner.invoke(app, args + ["--force", "--near-dup-threshold", "2"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, args + ["--force", "--near-dup-threshold", "2"])
     assert result.exit_code == 1 and "--near-dup-threshold must be in (0, 1)" in result.output
 
 

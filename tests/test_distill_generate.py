@@ -22,12 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SHARED_DATA, ScriptedLLM, bundled_gguf
 from typer.testing import CliRunner
 
-from conftest import SHARED_DATA, ScriptedLLM, bundled_gguf
 from dca.cli import app
 from dca.distill.generate import GenerateConfig, generate, load_questions, sample_seed
-from dca.distill.teachers import LlamaCppTeacher, OpenAITeacher, split_thinking
+from dca.distill.teachers import LlamaCppTeacher, OpenAITeacher
 from dca.distill.traces import Trace, read_traces
 from dca.errors import ConfigError, TeacherError
 
@@ -85,17 +85,6 @@ def cfg(tmp_path, **kw):
 
 
 # -- parsing ---------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text,finish,expected", [
-    ("<think>a</think>\nb", "stop", ("a", "b", True)),
-    ("a</think>b", "stop", ("a", "b", True)),  # the template opened the block in the prompt
-    ("<think>still going", "length", ("still going", "", False)),
-    ("just an answer 4", "stop", ("", "just an answer 4", True)),
-    ("cut off answer", "length", ("", "cut off answer", False)),
-])
-def test_split_thinking(text, finish, expected):
-    assert split_thinking(text, finish) == expected
-
 
 @pytest.mark.parametrize("message,finish,expected", [
     ({"content": "\\boxed{4}", "reasoning_content": "2+2"}, "stop", ("2+2", "\\boxed{4}", True)),
@@ -221,8 +210,8 @@ def test_generate_writes_one_trace_per_question_and_sample(tmp_path):
     assert t.teacher == {"name": "teacher-7b", "kind": "openai", "params": {
         "base_url": BASE, "temperature": 0.8, "max_tokens": 64, "seed": 5, "system_prompt": config.system_prompt}}
     assert t.tokens == {"prompt": 12, "completion": 7}
-    assert reports[-1].done == reports[-1].total == 15 and reports[-1].accepted == even
-    assert reports[-1].completion_tokens == 15 * 7
+    assert reports[-1].done == reports[-1].total == 15 and reports[-1].metrics["accepted"] == even
+    assert reports[-1].metrics["completion_tokens"] == 15 * 7 and reports[-1].unit == "samples"
 
 
 @pytest.mark.parametrize("content,finish,predicted,correct", [

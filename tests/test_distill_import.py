@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 from typer.testing import CliRunner
 
 from dca.cli import app
@@ -14,12 +15,10 @@ from dca.distill.traces import (
     TraceWriter,
     atomic_trace_writer,
     read_traces,
-    split_thinking,
     to_messages,
 )
-from conftest import shared_file
 from dca.errors import ConfigError, LoaderError
-from dca.reasoning import extract_answer, is_equivalent
+from dca.grading import extract_answer, is_equivalent
 
 runner = CliRunner()
 _shared = shared_file
@@ -179,11 +178,7 @@ def test_refuses_to_overwrite_without_force_and_leaves_no_temporary_file(tmp_pat
         import_traces(src, src, force=True)
 
 
-def test_split_thinking_and_atomic_writer(tmp_path):
-    assert split_thinking("<think>a</think>b") == ("a", "b", True)
-    assert split_thinking("a</think>b") == ("a", "b", True)  # the opening tag was in the prompt
-    assert split_thinking("<think>a") == ("a", "", False)
-    assert split_thinking("plain") == ("", "plain", True)
+def test_atomic_trace_writer_leaves_the_old_file_when_the_block_fails(tmp_path):  # parsing: test_thinking.py
     path = tmp_path / "x.jsonl"
     with TraceWriter(path) as w:
         w.write({"n": 1})
@@ -196,11 +191,11 @@ def test_split_thinking_and_atomic_writer(tmp_path):
 def test_cli_import_reports_counts_and_skipped_lines(tmp_path):
     src = _jsonl(tmp_path / "g.jsonl", [{"question": "1+1?", "answer": "#### 2"}, "oops", {"question": "2+2?", "answer": "#### 4"}])
     out = tmp_path / "t.jsonl"
-    result = runner.invoke(app, ["distill", "import", str(src), "-o", str(out)], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["distill", "import", str(src), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "wrote 2 traces (2 gsm8k)" in result.output and f"{src}:2: not JSON" in result.output
     assert len(read_traces(out)) == 2
-    result = runner.invoke(app, ["distill", "import", str(src), "-o", str(out)], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["distill", "import", str(src), "-o", str(out)])
     assert result.exit_code == 1 and "--force" in result.output
     result = runner.invoke(app, ["distill", "import", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0 and all(w in result.output for w in ("--format", "think-final", "sharegpt", "--force", "-o"))

@@ -11,12 +11,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
+from test_distill_train import tiny  # noqa: F401  (the tiny Llama fixture, shared)
 from typer.testing import CliRunner
 
 from dca.cli import app
 from dca.errors import ConfigError
-
-from test_distill_train import tiny  # noqa: F401  (the tiny Llama fixture, shared)
 
 
 @pytest.fixture
@@ -40,13 +39,13 @@ def write_config(path, tiny, gsm8k, out, **train):
 
 def load(path):
     from dca.config import load_config
-    from dca.distill.pipeline import PipelineConfig
+    from dca.pipeline import PipelineConfig
 
     return load_config(PipelineConfig, path)
 
 
 def test_the_chain_runs_once_then_skips_what_is_up_to_date(tiny, gsm8k, tmp_path):
-    from dca.distill.pipeline import run_pipeline
+    from dca.pipeline import run_pipeline
 
     out = tmp_path / "chain"
     path = write_config(tmp_path / "chain.yaml", tiny, gsm8k, out)
@@ -77,7 +76,7 @@ def test_quantize_stage_follows_a_full_precision_export(tiny, gsm8k, tmp_path): 
     pytest.importorskip("llama_cpp")
     from gguf import GGUFReader
 
-    from dca.distill.pipeline import run_pipeline
+    from dca.pipeline import run_pipeline
 
     path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "q")
     data = yaml.safe_load(path.read_text())
@@ -101,7 +100,7 @@ def test_a_full_fine_tuning_chain_exports_the_trained_model(tiny, gsm8k, tmp_pat
     from gguf import GGUFReader
     from safetensors.torch import load_file
 
-    from dca.distill.pipeline import run_pipeline
+    from dca.pipeline import run_pipeline
 
     out = tmp_path / "full"
     path = write_config(tmp_path / "full.yaml", tiny, gsm8k, out, method="full", lr=1e-3)
@@ -117,18 +116,24 @@ def test_a_full_fine_tuning_chain_exports_the_trained_model(tiny, gsm8k, tmp_pat
 
 
 def test_an_interrupted_training_stage_continues(tiny, gsm8k, tmp_path):
-    from dca.distill.pipeline import run_pipeline
+    from dca.pipeline import run_pipeline
 
     out = tmp_path / "chain"
     path = write_config(tmp_path / "chain.yaml", tiny, gsm8k, out, max_steps=3)
 
-    def stop_at_two(stage, event):
-        if stage == "train" and getattr(event, "step", 0) == 2:
+    events = []
+
+    def stop_at_two(event):
+        events.append((event.job, event.event))
+        if event.job == "train" and event.unit == "steps" and event.done == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(load(path), progress=stop_at_two)
     assert json.loads((out / "train.stamp.json").read_text())["status"] == "running"
+    marks = [e for e in events if e[1] != "update"]
+    assert marks[:3] == [("import_traces", "start"), ("import_traces", "done"), ("filter", "start")]
+    assert ("import_traces", "update") in events and ("train", "start") in events
     report = run_pipeline(load(path))
     assert [s.action for s in report.stages] == ["skipped", "skipped", "continued", "ran"]
     assert json.loads((out / "train" / "manifest.json").read_text())["step"] == 3
@@ -163,8 +168,8 @@ def test_run_command(tiny, gsm8k, tmp_path):
     result = runner.invoke(app, ["distill", "run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--force" in result.output and "import_traces" in result.output
     path = write_config(tmp_path / "c.yaml", tiny, gsm8k, tmp_path / "unused")
-    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert "export" in result.output and (tmp_path / "cli" / "model.F32.gguf").is_file()
-    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")])
     assert result.exit_code == 0 and result.output.count("skipped") >= 4

@@ -273,7 +273,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_metrics(tiny, traces
     whole = train(cfg_for(tiny, traces_file, tmp_path / "whole", **kw))
 
     def interrupt(p):
-        if p.step == 2:
+        if p.done == 2:
             raise KeyboardInterrupt
 
     cut = cfg_for(tiny, traces_file, tmp_path / "cut", save_every=10, **kw)
@@ -467,22 +467,22 @@ def test_train_command_runs_and_reports(tiny, traces_file, tmp_path):
     out = tmp_path / "cli-run"
     args = ["distill", "train", str(traces_file), "-o", str(out), "-m", str(tiny), "--max-steps", "2", "--lora-r", "4",
             "--seq-len", "128", "--batch-size", "2"]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2/2 steps" in result.output and str(out / "adapter") in result.output.replace("\n", "")
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    result = CliRunner().invoke(app, args + ["--lora-r", "8"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, args + ["--lora-r", "8"])
     assert result.exit_code == 1 and "--lora-r was 4, now 8" in result.output
-    result = CliRunner().invoke(app, ["distill", "train", "-c", str(out / "config.yaml")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["distill", "train", "-c", str(out / "config.yaml")])
     assert result.exit_code == 0 and "is complete (2/2 steps)" in result.output.replace("\n", " ")
-    result = CliRunner().invoke(app, ["distill", "train", str(traces_file)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["distill", "train", str(traces_file)])
     assert result.exit_code == 1 and "-o/--out-dir is missing" in result.output
 
 
 def test_help_and_import_do_not_load_torch():
     import subprocess
 
-    code = ("import sys, dca.cli, dca.distill.train, dca.distill.pipeline, dca.distill.data\n"
+    code = ("import sys, dca.cli, dca.distill.train, dca.pipeline, dca.distill.data\n"
             "from typer.testing import CliRunner\n"
             "for a in (['distill', 'train', '--help'], ['distill', 'run', '--help']):\n"
             "    assert CliRunner().invoke(dca.cli.app, a).exit_code == 0\n"

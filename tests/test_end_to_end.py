@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import bundled_gguf
+
 from dca.assistant import Assistant
 from dca.errors import ModelError
 from dca.llm import LlamaCppLLM

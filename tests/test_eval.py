@@ -118,10 +118,12 @@ def test_accuracy_interval_predictions_and_report_files(tmp_path, scripted_llm):
 
 def test_progress_callback_reports_running_accuracy(tmp_path, scripted_llm):
     calls = []
-    evaluate(tmp_path, math_model(scripted_llm), progress=lambda *a: calls.append(a), limit=5)
-    assert calls[0] == (0, 5, None)
-    assert [c[:2] for c in calls[1:]] == [(i, 5) for i in range(1, 6)]
-    assert calls[4][2] == pytest.approx(3 / 4) and calls[5][2] == pytest.approx(4 / 5)  # item 3 is wrong
+    evaluate(tmp_path, math_model(scripted_llm), progress=calls.append, limit=5)
+    assert {(c.job, c.unit) for c in calls} == {("eval", "items")}
+    assert (calls[0].done, calls[0].total, calls[0].metrics) == (0, 5, {})
+    assert [(c.done, c.total) for c in calls[1:]] == [(i, 5) for i in range(1, 6)]
+    assert calls[4].metrics["accuracy"] == pytest.approx(3 / 4)  # item 3 is wrong
+    assert calls[5].metrics["accuracy"] == pytest.approx(4 / 5)
 
 
 def test_malformed_lines_are_reported_by_number_and_skipped(tmp_path, scripted_llm):
@@ -168,8 +170,8 @@ def test_config_validation_names_the_flag(tmp_path):
 
 
 def interrupt_after(n):
-    def progress(done, total, accuracy):
-        if done == n:
+    def progress(event):
+        if event.done == n:
             raise KeyboardInterrupt
 
     return progress
@@ -312,12 +314,15 @@ def test_qa_closed_book_and_with_a_store_with_recall(tmp_path, scripted_llm, emb
 
 
 def test_quote_mode_records_the_scored_tokens_as_the_compute_spent(tmp_path, scripted_llm, embedder):
-    from dca.quote import Quote
+    import numpy as np
 
     class Quoter(scripted_llm):
-        def quote(self, prompt, passages, *, question="", cancel=None):
+        can_score = True
+
+        def score(self, prompt, continuations, *, cancel=None):
             self.prompts.append(prompt)
-            return Quote("nine years", 0, -1.5, 40, 123)  # 40 candidate spans, 123 tokens decoded to score them
+            scores = np.array([-1.5 if c == "nine years" else -9.0 for c in continuations])
+            return scores, 123  # 123 tokens decoded to score the candidate spans
 
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"id": "q", "question": "How long was the flight of the probe Vellum?",
@@ -371,7 +376,7 @@ def test_maj_at_k_and_pass_at_k_from_samples_and_votes(tmp_path):
 
 def sampling_model(scripted_llm, right_per_item):
     """A scripted model whose ``sample`` gives, for item i, ``right_per_item[i]`` right answers then wrong ones."""
-    from dca.sampling import Completion
+    from dca.llm import Completion
 
     class Sampler(scripted_llm):
         temperatures = []
@@ -474,15 +479,15 @@ def test_cli_eval_runs_prints_skipped_lines_and_refuses_a_used_dir(tmp_path, scr
     data = write_gsm8k(tmp_path / "g.jsonl", n=5)
     data.write_text(data.read_text() + "oops\n")
     args = ["eval", "--task", "gsm8k", "--data", str(data), "-o", str(tmp_path / "run")]
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "line 6" in result.output and "accuracy" in result.output and "80.0%" in result.output
     assert {p.name for p in (tmp_path / "run").iterdir()} == FILES
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 1 and "--resume" in result.output
-    result = runner.invoke(app, [*args, "--resume"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0 and "80.0%" in result.output
-    result = runner.invoke(app, ["eval", "--task", "gsm8k"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["eval", "--task", "gsm8k"])
     assert result.exit_code == 2 and "--data are required" in result.output
 
 
@@ -499,7 +504,7 @@ def test_cli_eval_interrupted_says_how_to_resume(tmp_path, scripted_llm, monkeyp
                         lambda model=None, store=None, config=None: real(scripted_llm(respond), store, config=config))
     out_dir = tmp_path / "run"
     result = runner.invoke(app, ["eval", "--task", "gsm8k", "--data", str(write_gsm8k(tmp_path / "g.jsonl")),
-                                 "-o", str(out_dir)], env={"COLUMNS": "300"})
+                                 "-o", str(out_dir)])
     assert result.exit_code == 130 and f"--resume -o {out_dir}" in result.output.replace("\n", "")
     assert len(lines(out_dir / "predictions.jsonl")) == 2
 
@@ -508,8 +513,7 @@ def test_cli_eval_compare_prints_the_difference(tmp_path, scripted_llm):
     data = write_gsm8k(tmp_path / "g.jsonl", n=20)
     evaluate(tmp_path, math_model(scripted_llm, wrong=set(range(10))), name="a", data=data)
     evaluate(tmp_path, math_model(scripted_llm, wrong=()), name="b", data=data)
-    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a" / "report.json"), str(tmp_path / "b")],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a" / "report.json"), str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "accuracy" in line)
     assert "50.0%" in row and "100.0%" in row and "+50.0%" in row and "yes" in row and "paired bootstrap" in row

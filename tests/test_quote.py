@@ -1,14 +1,15 @@
-"""Quote mode: candidate spans, their scores on the bundled GGUF, and the Assistant's quoted answers."""
+"""Quote mode: candidate spans, their scores on the bundled GGUF (dca.llm.scoring), and the Assistant's quoted answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import bundled_gguf
+
 from dca.assistant import Assistant
+from dca.assistant.strategies.quote import Span, candidate_spans
 from dca.errors import ConfigError
-from dca.quote import Span, candidate_spans, score_spans
+from dca.llm.scoring import score_continuations
 from dca.rag import Store
 
 
@@ -62,7 +63,7 @@ def test_span_scores_in_parallel_sequences_equal_one_at_a_time_scoring(llm):
                                                      "Question: Which moon did the probe reach?"}])
     spans = ["moon Tarsis", "Tarsis", "1998", "the probe Vellum reached"]
     end = llm.llama.token_eos()
-    scores, decoded = score_spans(llm.llama, prompt, spans, end, parallel=3)  # two batches, the second of one
+    scores, decoded = score_continuations(llm.llama, prompt, spans, end, parallel=3)  # two batches, the second of one
     expected = [reference_score(llm, prompt, s, end) for s in spans]
     assert scores == pytest.approx(expected, abs=0.05)
     assert decoded == sum(len(llm.llama.tokenize(s.encode(), add_bos=False)) for s in spans)

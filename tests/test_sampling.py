@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import bundled_gguf
+
 from dca.llm import LlamaCppLLM
-from dca.sampling import apply_repeat_penalty, sample_parallel
+from dca.llm.sampling import apply_repeat_penalty, sample_parallel
 
 pytestmark = pytest.mark.slow
 

@@ -261,7 +261,8 @@ def test_one_large_file_is_embedded_in_windows_and_resumes_mid_file(tmp_path):
     emb.fail_on = 3  # two windows (6 chunks) embedded, then Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         store.ingest([corpus], progress=seen.append)
-    assert [p.chunks_done for p in seen] == [3, 6] and all(p.files_done == 0 for p in seen)
+    assert [p.done for p in seen] == [3, 6] and all(p.metrics["files_done"] == 0 for p in seen)
+    assert {(p.job, p.unit, p.total) for p in seen} == {("ingest", "chunks", 10)}
     store.close()
 
     store = Store.open(tmp_path / "store", HashEmbedder())
@@ -322,7 +323,7 @@ def test_cancel_stops_after_the_current_window(tmp_path, embedder):
     report = store.ingest([tmp_path / "corpus"], progress=seen.append, cancel=lambda: True)
     assert report.cancelled and report.added == list(map(str, corpus[:2]))
     assert store.files() == report.added
-    assert [(p.files_done, p.files_total, p.chunks_done) for p in seen] == [(2, 6, 2)]
+    assert [(p.metrics["files_done"], p.metrics["files_total"], p.done) for p in seen] == [(2, 6, 2)]
     rest = store.ingest([tmp_path / "corpus"])
     assert not rest.cancelled and sorted(rest.added) == list(map(str, corpus[2:]))
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import HashEmbedder
+
 from dca.rag import Store
 
 CHILD = textwrap.dedent("""

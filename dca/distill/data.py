@@ -426,7 +426,8 @@ def prepare(tokenizer, train: list[Example], held: list[Example], *, seq_len: in
     train_rows = pack(sides[0], seq_len, pad_id, packing=packing)
     eval_rows = pack(sides[1], seq_len, pad_id, packing=packing)
     stats.shapes = dict(Counter(e.shape for e in train + held))
-    stats.examples, stats.train_examples, stats.eval_examples = len(sides[0]) + len(sides[1]), len(sides[0]), len(sides[1])
+    stats.examples, stats.train_examples, stats.eval_examples = (len(sides[0]) + len(sides[1]), len(sides[0]),
+                                                                 len(sides[1]))
     stats.train_rows, stats.eval_rows = len(train_rows), len(eval_rows)
     stats.train_tokens, stats.train_label_tokens, stats.fill = row_stats(train_rows, seq_len)
     stats.fill = round(stats.fill, 4)

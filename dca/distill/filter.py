@@ -8,8 +8,8 @@ Every trace gets exactly one verdict: kept, or dropped for the first failing che
    whole). The s1 decontamination (Muennighoff et al. 2025, "s1: Simple test-time scaling").
 2. ``no_gold``: the trace has no gold answer to check it against.
 3. ``truncated``: its thinking did not close (``closed`` is False, e.g. cut by a token limit).
-4. ``no_answer``: :func:`dca.reasoning.extract_answer` finds no final answer in ``answer``.
-5. ``wrong_answer``: the extracted answer is not :func:`dca.reasoning.is_equivalent` to the gold.
+4. ``no_answer``: :func:`dca.grading.extract_answer` finds no final answer in ``answer``.
+5. ``wrong_answer``: the extracted answer is not :func:`dca.grading.is_equivalent` to the gold.
 6. ``too_long``: thinking + answer is over ``max_tokens`` tokens (counting: :func:`token_counter`).
 7. ``repetitive``: :func:`repetition` of thinking + answer is over ``max_repetition``.
 8. ``duplicate``: the same question and response as a kept trace, after lowercasing and collapsing
@@ -42,9 +42,7 @@ Outputs (a documented contract; none is overwritten without ``force``):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, LoaderError, missing
+from ..paths import atomic_path, atomic_write_json
+from ..progress import Progress, ProgressFn, emitter
 from .similarity import NearDuplicateIndex, NgramIndex, approx_tokens, repetition, text_hash
 from .traces import BadLine, Trace, atomic_trace_writer, iter_jsonl, iter_traces, to_messages
 
@@ -65,7 +65,6 @@ REASONS = ("contaminated", "no_gold", "truncated", "no_answer", "wrong_answer", 
 REPORT_FILES = ("verdicts.jsonl", "report.json", "lengths.png", "config.json")
 CONTAMINATION_NGRAM = 8  # s1 (Muennighoff et al. 2025)
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -192,7 +191,8 @@ class FilterReport:
                 "out": self.out, "report_dir": self.report_dir, "wall_s": round(self.wall_s, 3)}
 
 
-def token_counter(cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None) -> tuple[Callable[[Trace], int], str]:
+def token_counter(cfg: FilterConfig,
+                  count_tokens: Callable[[str], int] | None = None) -> tuple[Callable[[Trace], int], str]:
     """How :func:`filter_traces` counts a trace's tokens (thinking + answer), and its name for the report.
 
     ``count_tokens`` if given, else the ``cfg.tokenizer`` tokenizer, else the teacher's own
@@ -211,7 +211,10 @@ def token_counter(cfg: FilterConfig, count_tokens: Callable[[str], int] | None =
             tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--tokenizer {cfg.tokenizer}: cannot load it ({e})") from e
-        count_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+        def count_tokens(text: str) -> int:
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+
         name = f"tokenizer:{cfg.tokenizer}"
     else:
         name = "callable" if count_tokens is not None else "approx (the teacher's count where recorded)"
@@ -266,19 +269,6 @@ def _check_outputs(cfg: FilterConfig) -> None:
         raise ConfigError(f"--report-dir {cfg.report_dir} is a file, not a directory")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    _write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
-
-
 def _plot_lengths(path: Path, verdicts: list[Verdict], counter: str) -> None:
     import matplotlib
 
@@ -298,11 +288,9 @@ def _plot_lengths(path: Path, verdicts: list[Verdict], counter: str) -> None:
     ax.legend()
     fig.tight_layout()
 
-    def save(p: Path) -> None:
-        fig.savefig(p, format="png")
-
     try:
-        _write_atomic(path, save)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
 
@@ -316,7 +304,8 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
     Args:
         cfg: the settings.
         count_tokens: counts the tokens of a text; overrides ``cfg.tokenizer`` (see :func:`token_counter`).
-        progress: called as ``progress(stage, done, total)`` with stage ``"checking"`` then ``"selecting"``.
+        progress: called with a :class:`~dca.progress.Progress` (job ``filter``, unit ``traces``) after each trace,
+            in phase ``checking`` (the per-trace checks) then ``selecting`` (duplicates and the per-question cap).
 
     Returns:
         The report, with every verdict.
@@ -326,7 +315,8 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
         LoaderError: an input cannot be read, no trace could be read, or a decontamination file has no questions.
         MissingDependencyError: datasketch or matplotlib is missing (``pip install 'dca[distill]'``).
     """
-    from ..reasoning import extract_answer, is_equivalent
+    emit = emitter(progress)
+    from ..grading import extract_answer, is_equivalent
 
     start = time.perf_counter()
     for module in ("datasketch", "matplotlib"):
@@ -346,7 +336,7 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
 
     # Stage 1: the checks on each trace alone.
     facts: list[dict] = []
-    for i, (path, line, t) in enumerate(items):
+    for i, (_path, _line, t) in enumerate(items):
         tokens, rep = count(t), repetition(_response(t))
         extracted = extract_answer(t.answer) if t.closed else None
         reason, detail = None, None
@@ -365,8 +355,7 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
         elif rep > cfg.max_repetition:
             reason = "repetitive"
         facts.append({"tokens": tokens, "repetition": rep, "extracted": extracted, "reason": reason, "detail": detail})
-        if progress is not None:
-            progress("checking", i + 1, len(items))
+        emit(Progress("filter", phase="checking", done=i + 1, total=len(items), unit="traces"))
 
     # Stage 2: duplicates and the per-question cap, against the traces kept so far.
     passed = [i for i, f in enumerate(facts) if f["reason"] is None]
@@ -390,8 +379,7 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
             hashes[key] = i
             near_dups.insert(str(i), sig)
             per_question[t.id] += 1
-        if progress is not None:
-            progress("selecting", done, len(passed))
+        emit(Progress("filter", phase="selecting", done=done, total=len(passed), unit="traces"))
 
     verdicts = [Verdict(id=t.id, sample=t.sample, kept=f["reason"] == "kept", reason=f["reason"], file=str(path),
                         line=line, tokens=f["tokens"], extracted=f["extracted"], repetition=round(f["repetition"], 4),
@@ -404,13 +392,13 @@ def filter_traces(cfg: FilterConfig, *, count_tokens: Callable[[str], int] | Non
         token_counter=counter_name, verdicts=verdicts, out=str(cfg.out), report_dir=str(cfg.report_dir), wall_s=0.0)
 
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(cfg.report_dir / "config.json", cfg.to_dict())
+    atomic_write_json(cfg.report_dir / "config.json", cfg.to_dict())
     with atomic_trace_writer(cfg.report_dir / "verdicts.jsonl") as w:
         for v in verdicts:
             w.write(asdict(v))
     _plot_lengths(cfg.report_dir / "lengths.png", verdicts, counter_name)
     report.wall_s = time.perf_counter() - start
-    _write_json(cfg.report_dir / "report.json", report.to_dict())
+    atomic_write_json(cfg.report_dir / "report.json", report.to_dict())
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_trace_writer(cfg.out) as w:
         for (_, _, t), v in zip(items, verdicts):

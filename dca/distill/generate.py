@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, TeacherError
-from ..reasoning import extract_answer, is_equivalent
+from ..grading import extract_answer, is_equivalent
+from ..progress import Progress, ProgressFn, emitter
 from .teachers import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_MAX_RETRIES,
@@ -81,8 +81,10 @@ class GenerateConfig:
         self.questions, self.out = Path(self.questions), Path(self.out)
         checks = [
             (self.teacher in TEACHER_KINDS, "--teacher", f"one of {', '.join(TEACHER_KINDS)}", self.teacher),
-            (self.teacher != "openai" or bool(self.base_url), "--base-url", "an API root such as http://127.0.0.1:8080/v1 for --teacher openai", self.base_url),
-            (self.teacher not in ("openai", "hf") or bool(self.teacher_model), "--teacher-model", f"a model name or directory for --teacher {self.teacher}", self.teacher_model),
+            (self.teacher != "openai" or bool(self.base_url), "--base-url",
+             "an API root such as http://127.0.0.1:8080/v1 for --teacher openai", self.base_url),
+            (self.teacher not in ("openai", "hf") or bool(self.teacher_model), "--teacher-model",
+             f"a model name or directory for --teacher {self.teacher}", self.teacher_model),
             (self.samples >= 1, "--samples", "an integer >= 1", self.samples),
             (self.temperature >= 0, "--temperature", "a number >= 0", self.temperature),
             (self.max_tokens >= 1, "--max-tokens", "an integer >= 1", self.max_tokens),
@@ -129,7 +131,8 @@ def _parse_question(rec: dict) -> tuple[str, str | None]:
         text = next((m.get("content") for m in rec["messages"] if isinstance(m, dict) and m.get("role") == "user"
                      and isinstance(m.get("content"), str) and m["content"].strip()), None)
     if text is None:
-        raise ValueError('no question: expected a "question", "problem" or "prompt" string, or "messages" with a user turn')
+        raise ValueError('no question: expected a "question", "problem" or "prompt" string, '
+                         'or "messages" with a user turn')
     gold = next((g for g in (_gold(rec.get(k)) for k in ("gold", "answer")) if g is not None), None)
     if gold is None and isinstance(rec.get("solution"), str) and "boxed" in rec["solution"]:
         gold = extract_answer(rec["solution"])
@@ -162,7 +165,8 @@ def load_questions(path: str | Path, limit: int | None = None) -> tuple[list[Que
             bad.append(BadLine(str(path), number, str(e)))
             continue
         rid = rec.get("id")
-        qid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip() else f"{path.stem}-{number}"
+        qid = (str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip()
+               else f"{path.stem}-{number}")
         if qid in seen:
             bad.append(BadLine(str(path), number, f"duplicate id {qid!r} (first on line {seen[qid]})"))
             continue
@@ -177,32 +181,6 @@ def sample_seed(seed: int, qid: str, sample: int) -> int:
     """The seed of one sample: 31 bits of BLAKE2b over (seed, id, sample); independent of run order."""
     digest = hashlib.blake2b(f"{seed}\x00{qid}\x00{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
-
-
-@dataclass(frozen=True)
-class GenerateProgress:
-    """Progress of a run, passed to the ``progress`` callback after the start and after each sample.
-
-    Attributes:
-        done: planned samples in the output (earlier runs included); ``total``: questions x samples.
-        written, failed: samples written / failed in this run.
-        judged, accepted: samples in the output that have a gold answer / whose answer matched it.
-        completion_tokens: tokens generated in this run; ``elapsed_s``: seconds since the start.
-    """
-
-    done: int
-    total: int
-    written: int
-    failed: int
-    judged: int
-    accepted: int
-    completion_tokens: int
-    elapsed_s: float
-
-    @property
-    def acceptance(self) -> float | None:
-        """accepted / judged, or None before any judged sample."""
-        return self.accepted / self.judged if self.judged else None
 
 
 @dataclass
@@ -258,12 +236,21 @@ def _one(config: GenerateConfig, teacher: Teacher, record: dict, q: Question, sa
 
 
 def generate(config: GenerateConfig, teacher: Teacher, *,
-             progress: Callable[[GenerateProgress], None] | None = None) -> GenerateReport:
+             progress: ProgressFn | None = None) -> GenerateReport:
     """Sample ``config.samples`` traces per question from ``teacher`` and append them to ``config.out``.
 
     Pairs (id, sample) already in the output are skipped, so re-running the same command resumes an
     interrupted run without duplicates. Samples run ``config.concurrency`` at a time when
     ``teacher.concurrent`` (else one at a time) and are written in the order they finish.
+
+    Args:
+        config: the settings.
+        teacher: the model that writes the traces.
+        progress: called with a :class:`~dca.progress.Progress` (job ``generate``, unit ``samples``: the planned
+            samples in the output, earlier runs included) after the start and after each sample; metrics
+            ``written``, ``failed`` (this run), ``judged``, ``accepted``, ``acceptance`` (samples with a gold
+            answer, those that matched it, and their ratio once there is one), ``completion_tokens`` (this run),
+            ``tokens_per_s`` (when the teacher reports token counts) or ``samples_per_s``, ``elapsed_s``.
 
     Returns:
         counts of the run; failed samples (a :class:`TeacherError` that is not fatal) are not written, so
@@ -304,7 +291,8 @@ def _plan(config: GenerateConfig, questions: list[Question], record: dict) -> tu
         if (t.teacher.get("name"), t.teacher.get("kind"), theirs) != (record["name"], record["kind"], mine):
             raise ConfigError(
                 f"{config.out} holds traces of another teacher or other sampling settings (line for id {t.id!r}: "
-                f"{t.teacher.get('name')} {t.teacher.get('kind')} {theirs}); this run: {record['name']} {record['kind']} "
+                f"{t.teacher.get('name')} {t.teacher.get('kind')} {theirs}); "
+                f"this run: {record['name']} {record['kind']} "
                 f"{mine}. Resume with the same settings, or write to another -o/--out file")
     planned = {(q.id, s) for q in questions for s in range(config.samples)}
     have = {t.key: t for t in existing if t.key in planned}
@@ -318,11 +306,21 @@ def _plan(config: GenerateConfig, questions: list[Question], record: dict) -> tu
 
 
 def _run(config, teacher, record, todo, writer, report, start, progress) -> None:
+    emit = emitter(progress)
+
     def tick() -> None:
-        if progress is not None:
-            progress(GenerateProgress(report.skipped + report.written, report.planned, report.written, report.failed,
-                                      report.judged, report.accepted, report.completion_tokens,
-                                      time.perf_counter() - start))
+        elapsed = time.perf_counter() - start
+        metrics = {"written": report.written, "failed": report.failed, "judged": report.judged,
+                   "accepted": report.accepted, "completion_tokens": report.completion_tokens, "elapsed_s": elapsed}
+        if report.judged:
+            metrics["acceptance"] = report.accepted / report.judged
+        if elapsed:
+            if report.completion_tokens:
+                metrics["tokens_per_s"] = report.completion_tokens / elapsed
+            else:
+                metrics["samples_per_s"] = report.written / elapsed
+        emit(Progress("generate", done=report.skipped + report.written, total=report.planned, unit="samples",
+                      metrics=metrics))
 
     workers = config.concurrency if teacher.concurrent else 1
     pool = ThreadPoolExecutor(workers, thread_name_prefix="dca-teacher")

@@ -30,7 +30,7 @@ How each becomes a trace (:class:`~dca.distill.traces.Trace`):
   the other fields (``evaluation_score``, ``gsm8k_solution``, ...) go to ``meta``, except ``raw_completion``
   (it is ``think`` + ``final`` again).
 * sharegpt / messages: the first user turn is the question and the last assistant turn the response, split
-  at its think tags by :func:`~dca.distill.traces.split_thinking` (an unclosed ``<think>`` gives
+  at its think tags by :func:`dca.thinking.split_thinking` (an unclosed ``<think>`` gives
   ``closed = False``); DeepSeek-style ``reasoning_content`` beside the content, and the
   ``<|begin_of_thought|>`` tags of Bespoke-Stratos, are read as thinking too. ``gold`` comes from a top-level
   ``gold``, ``gold_answer`` or ``answer`` field when there is one.
@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError, LoaderError
+from ..progress import Progress, ProgressFn, emitter
+from ..thinking import split_thinking
 from .traces import (
     THINK_CLOSE,
     THINK_OPEN,
@@ -56,7 +58,6 @@ from .traces import (
     Trace,
     atomic_trace_writer,
     iter_jsonl,
-    split_thinking,
 )
 
 __all__ = ["FORMATS", "ImportReport", "convert_record", "detect_format", "import_traces", "iter_imported"]
@@ -71,7 +72,6 @@ _THOUGHT_TAGS = (("<|begin_of_thought|>", "<|end_of_thought|>"),)  # Bespoke-Str
 _SOLUTION_TAGS = ("<|begin_of_solution|>", "<|end_of_solution|>")
 _DROPPED_FIELDS = {"raw_completion"}
 
-ProgressFn = Callable[[int], None]
 
 
 @dataclass
@@ -154,7 +154,7 @@ def _gsm8k(obj: dict) -> dict:
 
 
 def _math(obj: dict) -> dict:
-    from ..reasoning import extract_answer
+    from ..grading import extract_answer
 
     question, solution = _text(obj, "problem"), _text(obj, "solution")
     gold = _gold(obj, "answer") or extract_answer(solution)
@@ -197,7 +197,8 @@ def _content(turn: dict, key: str) -> str:
 
 
 def _chat(obj: dict, fmt: str) -> dict:
-    key, role_key, text_key = ("conversations", "from", "value") if fmt == "sharegpt" else ("messages", "role", "content")
+    key, role_key, text_key = (("conversations", "from", "value") if fmt == "sharegpt"
+                               else ("messages", "role", "content"))
     turns = obj.get(key)
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise ValueError(f'"{key}" must be a list of objects')
@@ -272,7 +273,8 @@ def iter_imported(src: str | Path, fmt: str = "auto", bad: list[BadLine] | None 
         if shape is None:
             bad.append(BadLine(str(src), number, "unknown shape: expected the keys of gsm8k (question, answer), "
                                                  "math (problem, solution), think-final (question, think, final), "
-                                                 f"sharegpt (conversations) or messages (messages); got {', '.join(sorted(obj)) or 'none'}"))
+                                                 "sharegpt (conversations) or messages (messages); "
+                                                 f"got {', '.join(sorted(obj)) or 'none'}"))
             continue
         try:
             trace = convert_record(obj, shape, default_id=f"{src.stem}_{number - 1}", source=src.name)
@@ -297,7 +299,8 @@ def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force:
         out: the trace file to write.
         fmt: the input shape, or ``auto`` to detect it line by line (``--format``).
         force: overwrite an existing ``out`` (``--force``).
-        progress: called with the number of traces written so far, every 500 traces and at the end.
+        progress: called with a :class:`~dca.progress.Progress` (job ``import``, unit ``traces``, ``done`` the
+            traces written so far, ``total`` unknown) every 500 traces and at the end.
 
     Returns:
         The report: counts, the shapes seen, and the skipped lines with their line numbers.
@@ -306,6 +309,7 @@ def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force:
         ConfigError: ``fmt`` is unknown, ``out`` exists and ``force`` is not set, or ``out`` is ``src``.
         LoaderError: ``src`` cannot be read, or none of its lines converts.
     """
+    emit = emitter(progress)
     src, out = Path(src), Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {' | '.join(FORMATS)}, got {fmt!r}")
@@ -325,13 +329,12 @@ def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force:
             report.written += 1
             report.closed += trace.closed
             report.with_gold += trace.gold is not None
-            if progress is not None and report.written % 500 == 0:
-                progress(report.written)
+            if report.written % 500 == 0:
+                emit(Progress("import", done=report.written, unit="traces"))
         if report.written == 0:
             first = f" (line {report.bad[0].line}: {report.bad[0].reason})" if report.bad else " (it is empty)"
             raise LoaderError(src, f"no line converts to a trace{first}; check --format")
     report.lines = report.written + len(report.bad)
     report.formats = dict(formats)
-    if progress is not None:
-        progress(report.written)
+    emit(Progress("import", done=report.written, unit="traces"))
     return report

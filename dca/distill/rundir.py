@@ -35,17 +35,15 @@ before that. There is no ``config.json`` at the top: ``dca quant export`` reads 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..home import atomic_write_text
+from ..errors import ConfigError, ManifestError
+from ..paths import atomic_path, atomic_write_json, atomic_write_text
+from ..paths import read_manifest as _read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +54,16 @@ RUN_FILES = (CONFIG, MANIFEST, METRICS, LOSS_PLOT, ADAPTER, MODEL, CHECKPOINTS)
 
 
 def read_manifest(run_dir: Path) -> dict | None:
-    """The manifest of a run directory, or None when it has none or it is unreadable."""
+    """The manifest of a run directory, or None when it has none or it is unreadable or of another format."""
     try:
-        data = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _read_manifest(run_dir / MANIFEST, TRAIN_FORMAT)
+    except ManifestError:
         return None
-    return data if isinstance(data, dict) and data.get("format") == TRAIN_FORMAT else None
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_json(run_dir / MANIFEST, manifest)
 
 
 def read_config(run_dir: Path) -> dict | None:
@@ -111,22 +108,6 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path to fill; on success it replaces ``final`` whole, on failure it is removed."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, rng: dict, state: dict, keep: int) -> Path:
     """Write ``checkpoints/step-STEP`` (layout in the module docstring) and delete all but the newest ``keep``."""
     import torch
@@ -134,7 +115,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, rng: 
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    with atomic_dir(final) as tmp:
+    with atomic_path(final) as tmp:
         tmp.mkdir()
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         torch.save(trainable, tmp / "trainable.pt")
@@ -225,20 +206,18 @@ def plot_loss(run_dir: Path) -> None:
     if train or held:
         ax.legend()
     fig.tight_layout()
-    tmp = run_dir / f".{LOSS_PLOT}.tmp-{os.getpid()}"
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, run_dir / LOSS_PLOT)
+        with atomic_path(run_dir / LOSS_PLOT) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def save_final(run_dir: Path, model, tokenizer, *, method: str, base_path: Path) -> Path:
     """Write ``adapter/`` (LoRA) or ``model/`` (full) atomically, with the tokenizer; returns the directory."""
     name = ADAPTER if method == "lora" else MODEL
     final = run_dir / name
-    with atomic_dir(final) as tmp:
+    with atomic_path(final) as tmp:
         if method == "lora":
             model.peft_config["default"].base_model_name_or_path = str(base_path)
             model.save_pretrained(str(tmp), save_embedding_layers=False)  # False: no Hub lookup of the base

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..home import sha256_file
+from ..paths import sha256_file
 
 HASH_LIMIT = 1 << 30  # files up to 1 GiB are hashed; larger ones (and directories' files) go by size and mtime
 

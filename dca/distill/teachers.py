@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..errors import ModelError, TeacherError, missing
-from .traces import THINK_CLOSE, THINK_OPEN
+from ..thinking import THINK_OPEN, split_thinking
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +92,9 @@ class Teacher(Protocol):
         ...
 
 
-def split_thinking(text: str, finish: str | None = None) -> tuple[str, str, bool]:
-    """Split a model's output into (thinking, content, closed) at its ``<think>...</think>`` block.
-
-    ``<think>A</think>B`` gives ``("A", "B", True)``; an unclosed ``<think>A`` gives ``("A", "", False)``; a
-    bare ``A</think>B`` (the template opened the block in the prompt) gives ``("A", "B", True)``; text without
-    tags is all content, ``closed`` being False only when ``finish == "length"``.
-    """
-    start, end = text.find(THINK_OPEN), text.find(THINK_CLOSE)
-    if end != -1 and (start == -1 or start < end):
-        head = text[start + len(THINK_OPEN):end] if start != -1 else text[:end]
-        return head.strip(), text[end + len(THINK_CLOSE):].strip(), True
-    if start != -1:
-        return text[start + len(THINK_OPEN):].strip(), text[:start].strip(), False
-    return "", text.strip(), finish != "length"
-
-
 def _finish(reason: object) -> str | None:
-    return {"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length"}.get(reason) if isinstance(reason, str) else None
+    return ({"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length"}.get(reason)
+            if isinstance(reason, str) else None)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -208,7 +193,8 @@ class OpenAITeacher:
             if attempt == self.max_retries:
                 break
             wait = self._backoff(attempt) if wait is None else wait * random.uniform(1.0, 1.1)
-            log.warning("POST %s failed (%s); retry %d/%d in %.1fs", self.url, last, attempt + 1, self.max_retries, wait)
+            log.warning("POST %s failed (%s); retry %d/%d in %.1fs", self.url, last, attempt + 1, self.max_retries,
+                        wait)
             self._sleep(wait)
         raise TeacherError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last: {last}")
 
@@ -226,9 +212,10 @@ class OpenAITeacher:
             _, content, _ = split_thinking(content)  # some servers also leave the tags in the content
             thinking, closed = reasoning.strip(), bool(content) or finish != "length"
         else:
-            thinking, content, closed = split_thinking(content, finish)
+            thinking, content, closed = split_thinking(content, finish=finish)
         usage = data.get("usage") or {}
-        return TeacherReply(thinking, content, finish, usage.get("prompt_tokens"), usage.get("completion_tokens"), closed)
+        return TeacherReply(thinking, content, finish, usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                            closed)
 
     def close(self) -> None:
         self._closed.set()  # ends retry waits of requests still in flight
@@ -260,10 +247,9 @@ class LlamaCppTeacher:
         Raises:
             ModelError: not found or not loadable. MissingDependencyError: llama-cpp-python is missing.
         """
-        from ..llm import LlamaCppLLM
-        from ..models import resolve_model
+        from ..llm import load_llm
 
-        return cls(LlamaCppLLM(resolve_model(model), n_ctx=n_ctx))
+        return cls(load_llm(model, n_ctx=n_ctx))
 
     def complete(self, messages: Sequence[dict], *, temperature: float, max_tokens: int, seed: int) -> TeacherReply:
         prompt = self.llm.render(messages)
@@ -273,12 +259,11 @@ class LlamaCppTeacher:
             raise TeacherError(f"{self.name}: generation failed ({e})") from e
         text = THINK_OPEN + c.text if prompt.rstrip().endswith(THINK_OPEN) else c.text
         finish = c.finish if c.finish in ("stop", "length") else None
-        thinking, content, closed = split_thinking(text, finish)
+        thinking, content, closed = split_thinking(text, finish=finish)
         return TeacherReply(thinking, content, finish, self.llm.count_tokens(prompt), c.tokens, closed)
 
     def close(self) -> None:
-        if hasattr(self.llm, "close"):
-            self.llm.close()
+        self.llm.close()
 
 
 class TransformersTeacher:
@@ -340,7 +325,7 @@ class TransformersTeacher:
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         if prompt.rstrip().endswith(THINK_OPEN):
             text = THINK_OPEN + text
-        thinking, content, closed = split_thinking(text, finish)
+        thinking, content, closed = split_thinking(text, finish=finish)
         return TeacherReply(thinking, content, finish, int(enc["input_ids"].shape[1]), len(new), closed)
 
     def close(self) -> None:

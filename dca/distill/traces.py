@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import LoaderError
+from ..paths import atomic_path
+from ..thinking import THINK_CLOSE, THINK_OPEN
 
 TRACE_FORMAT = "dca-trace"
 TRACE_VERSION = 1
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -237,35 +238,9 @@ def atomic_trace_writer(path: str | Path) -> Iterator[TraceWriter]:
     Readers see the old file or the complete new one, never a half-written one; if the block raises, the
     temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    writer = TraceWriter(tmp, sync_each=False)
-    try:
-        yield writer
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def split_thinking(text: str) -> tuple[str, str, bool]:
-    """Split a model response into (thinking, answer, closed) at its think tags.
-
-    ``<think>A</think>B`` gives ``("A", "B", True)``; ``A</think>B`` (the opening tag was in the prompt, as
-    in Qwen3's and DeepSeek-R1's chat templates) gives the same; an unclosed ``<think>A`` gives
-    ``("A", "", False)`` (truncated); text without tags is all answer: ``("", text, True)``. Text before
-    an opening tag is kept at the start of the answer, so nothing is lost. Both parts are stripped.
-    """
-    start = text.find(THINK_OPEN)
-    before = text[:start].strip() if start != -1 else ""
-    body = text[start + len(THINK_OPEN):] if start != -1 else text
-    end = body.find(THINK_CLOSE)
-    if end == -1:
-        if start == -1:
-            return "", text.strip(), True
-        return body.strip(), before, False
-    answer = body[end + len(THINK_CLOSE):].strip()
-    return body[:end].strip(), f"{before}\n\n{answer}".strip() if before else answer, True
+    with atomic_path(path) as tmp:
+        writer = TraceWriter(tmp, sync_each=False)
+        try:
+            yield writer
+        finally:
+            writer.close()

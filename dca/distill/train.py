@@ -21,190 +21,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError, missing
+from ..progress import ProgressFn
 from . import rundir
 from .data import DataStats, load_examples, prepare, split_examples
-from .loop import TrainProgress, TrainResult, lr_factor, run_loop
+from .loop import _FREE, DEFAULT_TARGETS, METHODS, TrainConfig, TrainResult, flag, lr_factor, run_loop
 from .stamps import fingerprint
 from .traces import BadLine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TARGETS", "METHODS", "TrainConfig", "TrainProgress", "TrainResult", "flag", "load_model", "lr_factor",
+__all__ = ["DEFAULT_TARGETS", "METHODS", "TrainConfig", "TrainResult", "flag", "load_model", "lr_factor",
            "resolve_base", "train"]
-
-METHODS = ("lora", "full")
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
-# Settings a continued run may change: they do not change the weights. resume/force are actions, not settings.
-_FREE = {"resume", "force", "log_every", "save_every", "keep_checkpoints", "eval_every"}
-_FLAGS = {"data": "DATA", "out_dir": "-o/--out-dir", "model": "-m/--model", "qlora": "--qlora",
-          "packing": "--packing/--no-packing", "gradient_checkpointing": "--gradient-checkpointing"}
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a :class:`TrainConfig` field."""
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-@dataclass
-class TrainConfig:
-    """Settings of :func:`train`; ``dca distill train``'s arguments, flags and ``-c`` file resolve into this.
-
-    Args:
-        data: JSONL files of examples (DATA...): dca traces, ``messages``, ``conversations``,
-            ``prompt``/``completion`` or ``text`` lines (:mod:`dca.distill.data`).
-        out_dir: the run directory (``-o/--out-dir``; contract in :mod:`dca.distill.rundir`).
-        model: the base (``-m/--model``): an HF model directory, a GGUF file (dequantized to full precision by
-            transformers) or a name from ``dca models``; default the bundled SmolLM2-135M-Instruct.
-        method: ``lora`` or ``full`` fine-tuning (``--method``).
-        qlora: LoRA on a 4-bit NF4 base (``--qlora``); needs CUDA and bitsandbytes. A GGUF base is first written
-            out as an HF model directory (:func:`gguf_as_hf_dir`, cached), which bitsandbytes then quantizes.
-        lora_r, lora_alpha, lora_dropout: the adapter's rank, scale numerator (the update is scaled by
-            alpha / r) and dropout probability (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``).
-        target_modules: names of the linear layers to adapt (``--target-modules``, comma-separated), or
-            ``["all-linear"]`` (peft's every linear layer but the LM head).
-        seq_len: tokens per row; longer examples are cut to it (``--seq-len``).
-        packing: pack several examples into each row (``--packing/--no-packing``); without it one example a row.
-        batch_size: rows per micro-batch (``--batch-size``).
-        grad_accum: micro-batches per optimizer step (``--grad-accum``).
-        epochs: passes over the training rows, rounded up to whole steps (``--epochs``).
-        max_steps: optimizer steps; overrides ``epochs`` (``--max-steps``).
-        lr: peak learning rate (``--lr``); None gives 2e-4 for LoRA, 2e-5 for full fine-tuning.
-        schedule: ``cosine``, ``linear`` or ``constant`` after warmup (``--schedule``).
-        warmup_ratio: fraction of the steps of linear warmup, in [0, 1) (``--warmup-ratio``).
-        min_lr_ratio: the final learning rate as a fraction of ``lr`` (``--min-lr-ratio``).
-        weight_decay: AdamW's decoupled weight decay (``--weight-decay``).
-        max_grad_norm: clip the global gradient norm to this; 0 disables clipping (``--max-grad-norm``).
-        eval_fraction: fraction of the question ids held out for the eval loss, in [0, 0.5]; 0 for none
-            (``--eval-fraction``). Ignored when ``eval_data`` is given.
-        eval_data: JSONL files for the eval loss instead of a held-out split (``--eval-data``).
-        eval_every: evaluate every N steps (``--eval-every``); None: at every checkpoint and at the end.
-        log_every: write a ``metrics.jsonl`` line every N steps (``--log-every``).
-        save_every: write a checkpoint every N steps (``--save-every``); one is also written at the end.
-        keep_checkpoints: newest checkpoints kept (``--keep-checkpoints``).
-        system_prompt: system turn added to chat examples that have none (``--system-prompt``).
-        chat_template: a Jinja chat template file, for tokenizers without one or to replace it
-            (``--chat-template``); it is saved with the adapter's tokenizer.
-        precision: ``auto`` (bf16 where the hardware computes in it natively: a CUDA GPU that has it, or a CPU
-            with AVX512-BF16 or AMX; else fp32), ``fp32`` or ``bf16`` (``--precision``). On a 2-core AMD EPYC
-            with AVX512-BF16, bf16 trained SmolLM2-135M's LoRA at 210 tokens/s against 120 in fp32.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (``--device``).
-        gradient_checkpointing: recompute activations in the backward pass to save memory
-            (``--gradient-checkpointing``).
-        seed: seeds the adapter's initialisation, the split, the data order and dropout (``--seed``).
-        resume: continue the run in ``out_dir`` (``--resume``); running the same command again does too.
-        force: delete the run files in ``out_dir`` and start over (``--force``).
-
-    Raises:
-        ConfigError: a value is out of range or a file is missing; the message names the flag.
-    """
-
-    data: list[Path] = field(default_factory=list)
-    out_dir: Path | None = None
-    model: str = "smollm2-135m-instruct"
-    method: str = "lora"
-    qlora: bool = False
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    seq_len: int = 1024
-    packing: bool = True
-    batch_size: int = 4
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float | None = None
-    schedule: str = "cosine"
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_fraction: float = 0.05
-    eval_data: list[Path] = field(default_factory=list)
-    eval_every: int | None = None
-    log_every: int = 1
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    system_prompt: str | None = None
-    chat_template: Path | None = None
-    precision: str = "auto"
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    resume: bool = False
-    force: bool = False
-
-    def __post_init__(self):
-        def files(value, name):
-            value = [value] if isinstance(value, (str, Path)) else list(value or [])
-            paths = [Path(p).expanduser().resolve() for p in value]
-            for p in paths:
-                if not p.is_file():
-                    raise ConfigError(f"{flag(name)} {p}: no such file")
-            return paths
-
-        self.data = files(self.data, "data")
-        if not self.data:
-            raise ConfigError("give at least one data file (DATA...)")
-        self.eval_data = files(self.eval_data, "eval_data")
-        if self.out_dir is None:
-            raise ConfigError("-o/--out-dir is missing: name the run directory")
-        self.out_dir = Path(self.out_dir).expanduser().resolve()
-        if self.chat_template is not None:
-            self.chat_template = files(self.chat_template, "chat_template")[0]
-        self.model = str(self.model)
-        if isinstance(self.target_modules, str):
-            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        self.target_modules = list(self.target_modules)
-        choices = {"method": METHODS, "schedule": SCHEDULES, "precision": PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.qlora and self.method != "lora":
-            raise ConfigError("--qlora trains a LoRA adapter on a 4-bit base; it does not go with --method full")
-        if self.method == "lora" and not self.target_modules:
-            raise ConfigError("--target-modules is empty; name the linear layers to adapt, or all-linear")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
-        positive = ("lora_r", "seq_len", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints")
-        for name in positive + ("max_steps", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{flag(name)} must be an integer >= 1, got {value!r}")
-        checks = [("lr", self.lr > 0, "> 0"), ("lora_alpha", self.lora_alpha > 0, "> 0"),
-                  ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"), ("epochs", self.epochs > 0, "> 0"),
-                  ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
-                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                  ("weight_decay", self.weight_decay >= 0, ">= 0"), ("max_grad_norm", self.max_grad_norm >= 0, ">= 0"),
-                  ("eval_fraction", 0 <= self.eval_fraction <= 0.5, "in [0, 0.5]")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"{flag(name)} must be {expected}, got {getattr(self, name)!r}")
-        if self.seq_len < 16:
-            raise ConfigError(f"--seq-len must be >= 16, got {self.seq_len}")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.resume and self.force:
-            raise ConfigError("--resume continues a run and --force starts it over: give one of them")
-
-    def settings(self) -> dict:
-        """The fields that define the run (``config.yaml``): all but ``resume`` and ``force``; paths as strings."""
-        out = {}
-        for f in fields(self):
-            if f.name in ("resume", "force"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = [str(p) for p in v] if isinstance(v, list) and f.name != "target_modules" else \
-                str(v) if isinstance(v, Path) else v
-        return out
-
 
 def resolve_base(model: str) -> tuple[Path, str]:
     """``(path, kind)`` of ``-m/--model``: kind ``"hf"`` for a directory with ``config.json``, else ``"gguf"``.
@@ -219,7 +50,7 @@ def resolve_base(model: str) -> tuple[Path, str]:
             return p.resolve(), "hf"
         raise ConfigError(f"-m/--model {p} is a directory without config.json; expected an HF model directory, a "
                           "GGUF file or a name from: dca models")
-    from ..models import resolve_model
+    from ..llm import resolve_model
 
     try:
         return resolve_model(model).resolve(), "gguf"
@@ -246,7 +77,8 @@ def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | 
         diffs += [f"the content of {flag(k)} changed" for k, v in fingerprints.items() if saved_inputs.get(k) != v]
         if diffs:
             further = ""
-            if manifest.get("status") == "complete" and any(saved.get(k) != settings[k] for k in ("max_steps", "epochs")):
+            if (manifest.get("status") == "complete"
+                    and any(saved.get(k) != settings[k] for k in ("max_steps", "epochs"))):
                 model = (f"-m {d / rundir.MODEL}" if saved.get("method") == "full" else
                          f"dca quant export {d} -t F16 -o {d.name}.F16.gguf, then -m {d.name}.F16.gguf")
                 further = (f". To train a finished run further, start a new run (another -o/--out-dir) from its "
@@ -334,7 +166,7 @@ def gguf_as_hf_dir(path: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..home import dca_home
+    from ..paths import atomic_path, dca_home
 
     key = hashlib.sha256(json.dumps(fingerprint(path), sort_keys=True).encode()).hexdigest()[:16]
     final = dca_home() / "hf-from-gguf" / f"{path.stem}-{key}"
@@ -348,7 +180,7 @@ def gguf_as_hf_dir(path: Path) -> Path:
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for unloadable checkpoints
         raise ModelError(f"-m/--model {path}: transformers could not load it ({type(e).__name__}: {e})") from e
     drop_gguf_quantizer(model)
-    with rundir.atomic_dir(final) as tmp:
+    with atomic_path(final) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return final
@@ -424,7 +256,7 @@ def _adapt(model, cfg: TrainConfig):
     return model
 
 
-def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None,
+def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
           cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out_dir``.
 
@@ -433,7 +265,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None 
 
     Args:
         cfg: the settings.
-        progress: called with a :class:`TrainProgress` before the first step and after each step.
+        progress: called with a :class:`~dca.progress.Progress` (job ``train``, unit ``steps``) before the first
+            step and after each step (see :func:`dca.distill.loop.run_loop` for its metrics).
         cancel: polled after each step; when it returns True a checkpoint is written and :class:`Cancelled`
             is raised.
 

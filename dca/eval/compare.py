@@ -120,7 +120,8 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, r
         pairs = [(pa[i]["scores"][name], pb[i]["scores"][name]) for i in common
                  if name in pa[i]["scores"] and name in pb[i]["scores"]]
         if pairs:
-            diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], resamples=resamples, seed=seed)
+            diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs],
+                                               resamples=resamples, seed=seed)
             method = "paired bootstrap"
         elif name in MEAN_METRICS:
             diff = mb.value - ma.value

@@ -23,14 +23,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import ConfigError, LoaderError
-from ..home import atomic_write_text, sha256_file
+from ..errors import ConfigError, LoaderError, ManifestError
+from ..paths import atomic_write_json, atomic_write_text, read_manifest, sha256_file
+from ..progress import Progress, ProgressFn, emitter
 from .report import MISSING, EvalReport, build_report, setting_pairs, to_markdown
-from .tasks import TASKS, load_items, score_answer, system_prompt
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -39,41 +39,47 @@ EVAL_VERSION = 1
 CONFIG, PREDICTIONS, REPORT_JSON, REPORT_MD = "config.json", "predictions.jsonl", "report.json", "report.md"
 OUTPUT_FILES = (CONFIG, PREDICTIONS, REPORT_JSON, REPORT_MD)
 
-ProgressFn = Callable[[int, int, "float | None"], None]
 
-# Flag of each setting, for the message refusing a resume under other settings.
+# Flags of the run's own settings (the assistant's come from AssistantConfig), for the message refusing a resume.
 _FLAGS = {
     "task": "--task", "data": "--data", "data_sha256": "--data (the file's content changed)", "limit": "--limit",
     "model": "-m/--model", "store": "--store-dir", "samples": "--samples", "effort": "--effort",
-    "think": "--think/--no-think", "thinking_budget": "--thinking-budget", "max_tokens": "--max-tokens",
-    "temperature": "--temperature", "sample_temperature": "--sample-temperature", "top_k": "-k/--top-k",
-    "repeat_penalty": "--repeat-penalty", "context_sentences": "--context-sentences", "quote": "--quote",
 }
 
 
-@dataclass
+def flag(name: str) -> str | None:
+    """The command-line flag of a run setting or of an :class:`~dca.assistant.AssistantConfig` field; None for
+    a setting without one."""
+    if name in _FLAGS:
+        return _FLAGS[name]
+    from ..assistant.config import AssistantConfig
+
+    meta = AssistantConfig.__dataclass_fields__.get(name)
+    flags = meta.metadata.get("flags") if meta is not None else None
+    return "/".join(f.split("/")[0] for f in flags) if flags else None  # "--quote/--no-quote" -> "--quote"
+
+
+@dataclass(init=False)
 class EvalConfig:
     """Settings of :func:`run_eval`; the flags of ``dca eval`` resolve into this.
 
     Args:
-        task: ``gsm8k``, ``math`` or ``qa`` (``--task``).
+        task: ``gsm8k``, ``math`` or ``qa`` (``--task``; :data:`dca.eval.tasks.TASKS`).
         data: the JSONL file of items (``--data``); shapes in :mod:`dca.eval.tasks`.
         limit: evaluate the first N valid items; None for all (``--limit``).
         model: model name or GGUF path; None for the bundled model (``-m/--model``).
         store_dir: a RAG store to answer from; for qa it also gives retrieval recall@k (``--store-dir``).
             None: no retrieval (closed-book qa).
-        effort: test-time compute level ``low``/``medium``/``high``; None for the assistant's default
-            (``--effort``).
-        samples: k, answers sampled per item; k > 1 adds maj@k and pass@k (``--samples``). An ``effort``
-            preset sets k itself (:data:`dca.assistant.EFFORT_PRESETS`), so the two are not given together.
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
         resume: continue the run in ``out_dir`` (``--resume``).
         force: delete the run files in a non-empty ``out_dir`` and start over (``--force``).
-        think, thinking_budget, max_tokens, temperature, sample_temperature, top_k, repeat_penalty, context_sentences,
-            quote: override the :class:`~dca.assistant.AssistantConfig` field of that name; None keeps its default.
+        assistant: :class:`~dca.assistant.AssistantConfig` settings that override the defaults (and the task's
+            system prompt), e.g. ``{"samples": 8}``; they may also be given as keyword arguments
+            (``EvalConfig(task="gsm8k", data=..., samples=8)``). ``samples`` k > 1 adds maj@k and pass@k; an
+            ``effort`` preset sets k itself, so the two are not given together.
 
     Raises:
-        ConfigError: a setting is out of range; the message names the flag.
+        ConfigError: a setting is unknown or out of range; the message names the flag.
     """
 
     task: str
@@ -81,40 +87,41 @@ class EvalConfig:
     limit: int | None = None
     model: str | None = None
     store_dir: Path | None = None
-    effort: str | None = None
-    samples: int = 1
     out_dir: Path | None = None
     resume: bool = False
     force: bool = False
-    think: bool | None = None
-    thinking_budget: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    sample_temperature: float | None = None
-    top_k: int | None = None
-    repeat_penalty: float | None = None
-    context_sentences: int | None = None
-    quote: bool | None = None
+    assistant: dict = field(default_factory=dict)
+
+    def __init__(self, task: str, data: Path, limit: int | None = None, model: str | None = None,
+                 store_dir: Path | None = None, out_dir: Path | None = None, resume: bool = False,
+                 force: bool = False, assistant: dict | None = None, **settings):
+        self.task, self.data, self.limit, self.model, self.store_dir = task, data, limit, model, store_dir
+        self.out_dir, self.resume, self.force = out_dir, resume, force
+        self.assistant = {**(assistant or {}), **{k: v for k, v in settings.items() if v is not None}}
+        self.__post_init__()
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        from ..assistant.config import AssistantConfig
+
+        get_task(self.task)
         self.data = Path(self.data).expanduser()
         if not self.data.is_file():
             raise ConfigError(f"--data {self.data}: no such file")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        unknown = sorted(set(self.assistant) - set(AssistantConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the assistant's settings are: "
+                              f"{', '.join(AssistantConfig.__dataclass_fields__)}")
         if self.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
-        from ..assistant import EFFORT_PRESETS
-
-        if self.effort is not None and self.effort not in EFFORT_PRESETS:
-            raise ConfigError(f"--effort must be one of {', '.join(EFFORT_PRESETS)}, got {self.effort!r}")
+        if self.effort is not None and self.samples != 1:
+            raise ConfigError(f"--effort {self.effort} sets the number of samples itself; "
+                              f"drop --samples {self.samples} "
+                              "or --effort")
+        AssistantConfig(**self.assistant)  # every value in range (the error names the flag)
         if self.store_dir is not None:
             self.store_dir = Path(self.store_dir).expanduser()
-        if self.effort is not None and self.samples != 1:
-            raise ConfigError(f"--effort {self.effort} sets the number of samples itself; drop --samples {self.samples} "
-                              "or --effort")
         if self.resume and self.force:
             raise ConfigError("--resume continues a run and --force starts it over: give one of them")
         if self.resume and self.out_dir is None:
@@ -123,30 +130,35 @@ class EvalConfig:
             self.out_dir = Path.cwd() / f"eval-{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out_dir = Path(self.out_dir).expanduser()
 
+    @property
+    def samples(self) -> int:
+        """k as given (``--samples``; 1 when not): an effort preset's k is :func:`samples_per_item`'s."""
+        return self.assistant.get("samples", 1)
+
+    @property
+    def effort(self) -> str | None:
+        """The effort preset given (``--effort``), or None."""
+        return self.assistant.get("effort")
+
 
 def assistant_config(cfg: EvalConfig, base=None, *, with_store: bool):
     """The :class:`~dca.assistant.AssistantConfig` of a run: ``base`` (default: the defaults) with the task's
-    system prompt, no history, ``samples``, ``effort`` and the overrides of ``cfg``.
+    system prompt, no history, ``samples`` and ``effort`` as given (1 and none by default), and the overrides of
+    ``cfg.assistant``.
 
     Raises:
         ConfigError: a value is out of the assistant's range.
     """
     from ..assistant import AssistantConfig
 
-    changes = {"system_prompt": system_prompt(cfg.task, with_store), "history_turns": 0,
-               "samples": cfg.samples, "effort": cfg.effort}
-    for name in ("think", "thinking_budget", "max_tokens", "temperature", "sample_temperature", "top_k",
-                 "repeat_penalty", "context_sentences", "quote"):
-        if getattr(cfg, name) is not None:
-            changes[name] = getattr(cfg, name)
+    changes = {"system_prompt": get_task(cfg.task).system_prompt(with_store), "history_turns": 0,
+               "samples": cfg.samples, "effort": cfg.effort, **cfg.assistant}
     return replace(base if base is not None else AssistantConfig(), **changes)
 
 
 def samples_per_item(acfg) -> int:
     """k, the answers sampled per item under ``acfg``: its ``samples``, or its effort preset's."""
-    from ..assistant import EFFORT_PRESETS
-
-    return EFFORT_PRESETS[acfg.effort].get("samples", acfg.samples) if acfg.effort else acfg.samples
+    return acfg.k
 
 
 def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
@@ -176,7 +188,8 @@ def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or not isinstance(rec.get("scores"), dict):
+            if (not isinstance(rec, dict) or not isinstance(rec.get("index"), int)
+                    or not isinstance(rec.get("scores"), dict)):
                 raise ValueError("not an object with an integer index and scores")
         except ValueError as e:
             raise LoaderError(path, f"line {number} is not a prediction record ({e}); start over with --force") from e
@@ -196,7 +209,7 @@ def _settings_diff(old: dict, new: dict) -> list[str]:
     for key, a, b in setting_pairs(old, new):
         a, b = defaults.get(key) if a is MISSING else a, None if b is MISSING else b
         if a != b:
-            diffs.append(f"{_FLAGS.get(key.rsplit('.', 1)[-1], f'setting {key}')} was {a!r}, now {b!r}")
+            diffs.append(f"{flag(key.rsplit('.', 1)[-1]) or f'setting {key}'} was {a!r}, now {b!r}")
     return diffs
 
 
@@ -211,9 +224,12 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
                 (out / name).unlink(missing_ok=True)
         elif cfg.resume:
             try:
-                saved = json.loads((out / CONFIG).read_text(encoding="utf-8"))["settings"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ConfigError(f"--resume: {out} is not a dca eval run (no readable {CONFIG}: {e}); "
+                saved = (read_manifest(out / CONFIG, EVAL_FORMAT) or {})["settings"]
+                if not isinstance(saved, dict):
+                    raise TypeError("its settings are not a mapping")
+            except (ManifestError, KeyError, TypeError) as e:
+                reason = e.reason if isinstance(e, ManifestError) else f"no settings: {e}"
+                raise ConfigError(f"--resume: {out} is not a dca eval run (no readable {CONFIG}: {reason}); "
                                   "choose the run's -o/--out-dir") from e
             diffs = list(dict.fromkeys(_settings_diff(saved, settings)))  # samples is also an assistant field
             if diffs:
@@ -226,10 +242,10 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     from .. import __version__
 
-    atomic_write_text(out / CONFIG, json.dumps({
+    atomic_write_json(out / CONFIG, {
         "format": EVAL_FORMAT, "version": EVAL_VERSION, "settings": settings,
         "dca_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2, ensure_ascii=False) + "\n")
+    })
     return []
 
 
@@ -259,9 +275,10 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
         assistant: an :class:`~dca.assistant.Assistant` to evaluate (its config is replaced by
             :func:`assistant_config` of it, and its store gives recall for qa); None builds one from
             ``cfg.model`` and ``cfg.store_dir``.
-        progress: called as ``progress(done, total, running_accuracy)`` once before the first item to ask
-            (``done`` counts items finished by an earlier run) and after each item; ``running_accuracy``
-            is the main metric (accuracy, or EM for qa) over the finished items, None before any.
+        progress: called with a :class:`~dca.progress.Progress` (job ``eval``, unit ``items``) once before the
+            first item to ask (``done`` counts items finished by an earlier run) and after each item; its
+            ``metrics`` hold the task's main metric (``accuracy``, or ``em`` for qa) over the finished items,
+            once there are any.
 
     Returns:
         the report, also written as ``report.json`` and ``report.md``.
@@ -272,9 +289,10 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
         LoaderError: the data file has no valid item, or ``predictions.jsonl`` is corrupt.
         ModelError, StoreError: the model or store cannot be opened.
     """
-    from ..models import BUNDLED_CHAT_MODEL
+    from ..bundled import BUNDLED_CHAT_MODEL
 
-    items, skipped = load_items(cfg.task, cfg.data, cfg.limit)
+    task = get_task(cfg.task)
+    items, skipped = task.load(cfg.data, cfg.limit)
     store = assistant.store if assistant is not None else cfg.store_dir
     acfg = assistant_config(cfg, assistant.config if assistant is not None else None, with_store=store is not None)
     if assistant is not None:
@@ -298,14 +316,15 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
     else:
         assistant.config = acfg
     k = samples_per_item(acfg)
-    recall_k = acfg.top_k if cfg.task == "qa" and assistant.store is not None and acfg.top_k > 0 else 0
-    main = "em" if cfg.task == "qa" else "accuracy"
+    recall_k = acfg.top_k if task.recall and assistant.store is not None and acfg.top_k > 0 else 0
+    main = task.main_metric
     done = {r["index"] for r in records}
     correct = sum(r["scores"][main] for r in records)
+    emit = emitter(progress)
 
     def report_progress():
-        if progress is not None:
-            progress(len(done), len(items), correct / len(done) if done else None)
+        emit(Progress("eval", done=len(done), total=len(items), unit="items",
+                      metrics={main: correct / len(done)} if done else {}))
 
     report_progress()
     with open(cfg.out_dir / PREDICTIONS, "a", encoding="utf-8") as f:
@@ -314,11 +333,9 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
                 continue
             t0 = time.perf_counter()
             assistant.reset()
-            reset = getattr(assistant.llm, "reset", None)
-            if reset is not None:  # each item from a clean context: outputs independent of item order (resume)
-                reset()
+            assistant.llm.reset()  # each item from a clean context: outputs independent of item order (resume)
             answer = assistant.ask(item.question)
-            rec = _record(item, answer, score_answer(cfg.task, item, answer, k))
+            rec = _record(item, answer, task.score(item, answer, k))
             if recall_k:
                 hits = assistant.store.search(item.question, k=recall_k, mode=acfg.search_mode)
                 rec["retrieved"] = list(dict.fromkeys(h.doc_id for h in hits))
@@ -334,6 +351,6 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
 
     records = read_predictions(cfg.out_dir / PREDICTIONS)
     report = build_report(cfg.task, k, records, settings=settings, skipped=tuple(skipped), out_dir=cfg.out_dir)
-    atomic_write_text(cfg.out_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(cfg.out_dir / REPORT_JSON, report.to_dict())
     atomic_write_text(cfg.out_dir / REPORT_MD, to_markdown(report))
     return report

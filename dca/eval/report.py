@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoaderError
+from ..errors import LoaderError, ManifestError
 from .stats import mean_interval, wilson_interval
 from .tasks import SkippedLine
 
@@ -25,7 +24,8 @@ class Metric:
     """One metric of a run.
 
     Attributes:
-        name: ``accuracy`` (gsm8k, math), ``em``/``f1``/``f1_full`` (qa), ``maj@k``, ``pass@1``, ``pass@k``, ``recall@k``.
+        name: ``accuracy`` (gsm8k, math), ``em``/``f1``/``f1_full`` (qa), ``maj@k``, ``pass@1``, ``pass@k``,
+            ``recall@k``.
         value: the mean of the per-item scores, in [0, 1].
         low, high: its 95% interval: Wilson score (0/1 scores) or normal approximation (``f1``, ``pass@1``).
         n: items scored.
@@ -174,16 +174,20 @@ def load_report(path: str | Path) -> EvalReport:
     Raises:
         LoaderError: the file is missing or not a dca eval report.
     """
+    from ..paths import read_manifest
+
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != REPORT_FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}, expected {REPORT_FORMAT!r}")
+        data = read_manifest(path, REPORT_FORMAT)
+        if data is None:
+            raise ManifestError(path, "no such file")
         return EvalReport.from_dict(data, out_dir=path.parent)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise LoaderError(path, f"not a dca eval report ({e}); it is written by: dca eval --task ... --data ...") from e
+    except (ManifestError, KeyError, TypeError, AttributeError) as e:
+        reason = e.reason if isinstance(e, ManifestError) else f"{type(e).__name__}: {e}"
+        raise LoaderError(path, f"not a dca eval report ({reason}); "
+                                "it is written by: dca eval --task ... --data ...") from e
 
 
 MISSING = object()  # a setting one of two runs did not record (it was made by an older dca)

@@ -1,4 +1,6 @@
-"""Evaluation tasks: reading GSM8K-, MATH- and SQuAD-shaped JSONL, their prompts, and scoring one answer.
+"""Evaluation tasks as objects: each reads its JSONL shape, writes its system prompt, scores one answer, and
+names its main metric. :data:`TASKS` maps ``--task`` names to them; a new task is a :class:`Task` subclass
+plus one entry.
 
 Data shapes (one JSON object a line; blank lines are ignored):
 
@@ -17,14 +19,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LoaderError
+from ..errors import ConfigError, LoaderError
 from .stats import pass_at_k
-
-TASKS = ("gsm8k", "math", "qa")
 
 GSM8K_SYSTEM_PROMPT = (
     "You solve grade-school math word problems. Reason step by step, then write the final answer, a single "
@@ -41,16 +40,6 @@ QA_SYSTEM_PROMPT = (
 QA_CLOSED_BOOK_PROMPT = (
     "Answer the question with a short phrase (a few words, no full sentence, no explanation)."
 )
-
-
-def system_prompt(task: str, with_store: bool) -> str:
-    """The system prompt of ``task``: step by step with a ``\\boxed{}`` final answer for gsm8k and math;
-    a short phrase from the passages for qa (closed-book wording when there is no store)."""
-    if task == "gsm8k":
-        return GSM8K_SYSTEM_PROMPT
-    if task == "math":
-        return MATH_SYSTEM_PROMPT
-    return QA_SYSTEM_PROMPT if with_store else QA_CLOSED_BOOK_PROMPT
 
 
 @dataclass(frozen=True)
@@ -82,83 +71,6 @@ class SkippedLine:
     reason: str
 
 
-def _gold(task: str, rec: dict) -> str | tuple[str, ...]:
-    """The gold answer of a record; raises ValueError saying what is missing."""
-    if task == "gsm8k":
-        answer = rec.get("answer")
-        if not isinstance(answer, str) or "####" not in answer:
-            raise ValueError('"answer" has no "#### N" final answer')
-        gold = answer.rsplit("####", 1)[1].strip().replace(",", "")
-        if not gold:
-            raise ValueError('"answer" has an empty "####" final answer')
-        return gold
-    if task == "math":
-        answer = rec.get("answer")
-        if isinstance(answer, str) and answer.strip():
-            return answer.strip()
-        from ..reasoning import extract_answer
-
-        solution = rec.get("solution")
-        gold = extract_answer(solution) if isinstance(solution, str) and "boxed" in solution else None
-        if gold is None:
-            raise ValueError('no "answer" and no \\boxed{} answer in "solution"')
-        return gold
-    answers = rec.get("answers_all") or rec.get("answers")
-    if isinstance(answers, str):
-        answers = [answers]
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise ValueError('"answers" / "answers_all" must be a non-empty list of strings')
-    return tuple(dict.fromkeys(a.strip() for a in answers))
-
-
-def load_items(task: str, path: str | Path, limit: int | None = None) -> tuple[list[Item], list[SkippedLine]]:
-    """Read the items of ``task`` from a JSONL file.
-
-    Args:
-        task: ``gsm8k``, ``math`` or ``qa`` (see the module docstring for the shapes).
-        path: the JSONL file.
-        limit: keep the first ``limit`` valid items; None keeps all.
-
-    Returns:
-        (items, skipped lines): malformed lines (not JSON, not an object, no question, no usable gold
-        answer) are skipped and reported by line number.
-
-    Raises:
-        LoaderError: the file cannot be read, or holds no valid item.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LoaderError(path, f"cannot read it as UTF-8 text ({e})") from e
-    items: list[Item] = []
-    skipped: list[SkippedLine] = []
-    for number, line in enumerate(lines, 1):
-        if limit is not None and len(items) >= limit:
-            break
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            question = rec.get("problem" if task == "math" else "question")
-            if not isinstance(question, str) or not question.strip():
-                raise ValueError(f'no "{"problem" if task == "math" else "question"}" text')
-            gold = _gold(task, rec)
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            skipped.append(SkippedLine(number, str(e)))
-            continue
-        rid = rec.get("id", rec.get("unique_id"))
-        gpid = rec.get("gold_paragraph_id") if task == "qa" else None
-        items.append(Item(len(items), str(rid) if rid is not None else f"line-{number}", number, question.strip(),
-                          gold, str(gpid) if gpid is not None else None))
-    if not items:
-        raise LoaderError(path, f"no valid {task} item (expected shape: see `dca eval --help`); "
-                                f"{len(skipped)} malformed line(s)" + (f", first: line {skipped[0].line}: "
-                                                                       f"{skipped[0].reason}" if skipped else ""))
-    return items, skipped
-
 
 _MARKERS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 _ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]?\s*", re.IGNORECASE)
@@ -167,7 +79,7 @@ _ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]?
 def qa_answer_line(text: str) -> str:
     """The answer line of a qa output: after the think block, without citation markers ``[n]``, an
     ``Answer:`` prefix or a final period, its first non-empty line."""
-    from ..reasoning import strip_thinking
+    from ..thinking import strip_thinking
 
     text = _MARKERS.sub("", strip_thinking(text))
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -188,8 +100,8 @@ def qa_prediction(text: str, question: str = "") -> str:
     it shares with ``question`` (SQuAD-normalised), the copulas and the relative pronouns that / which are
     removed, leaving the new information. When that removes every word, the answer line is returned whole.
     A gold answer word that also appears in the question is lost ("What stadium ...?" -> "Levi's" for
-    "Levi's Stadium"); the metric then counts it as a partial match. The same extraction applies to every run, closed-book or not; the F1 of the whole
-    answer line is reported beside it as ``f1_full``.
+    "Levi's Stadium"); the metric then counts it as a partial match. The same extraction applies to every run,
+    closed-book or not; the F1 of the whole answer line is reported beside it as ``f1_full``.
 
     Args:
         text: the model's raw output.
@@ -198,7 +110,7 @@ def qa_prediction(text: str, question: str = "") -> str:
     Returns:
         the prediction string (possibly empty).
     """
-    from ..reasoning import normalize_text
+    from ..grading import normalize_text
 
     line = qa_answer_line(text)
     if not question:
@@ -211,65 +123,222 @@ def qa_prediction(text: str, question: str = "") -> str:
     return " ".join(kept).strip(" ,;:") or line
 
 
-def _majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> str | None:
-    """The most frequent answer under ``same`` (ties: the one seen first); None when all are None."""
-    from ..assistant import Sample, vote
-
-    votes = vote(tuple(Sample("", "", a, 0.0, 0) for a in answers), same=same)
-    return votes[0].answer if votes else None
 
 
-def score_answer(task: str, item: Item, answer, samples: int) -> dict:
-    """Score one :class:`~dca.assistant.Answer` against ``item``.
+class Task:
+    """An evaluation task: how its items are read, prompted and scored.
 
-    gsm8k/math: ``accuracy`` is whether the answer extracted from ``answer.text`` is equivalent to the gold
-    (:func:`dca.reasoning.is_equivalent`). qa: ``em`` and ``f1`` of :func:`qa_prediction` against the
-    accepted answers (SQuAD v1.1), and ``f1_full``, the F1 of the whole answer line (:func:`qa_answer_line`). With ``samples`` k > 1 also ``maj@k`` (the voted answer: ``votes[0]``
-    from the assistant for gsm8k/math, the most frequent normalised sample answer for qa), ``pass@1`` and
-    ``pass@k`` (Chen et al.'s unbiased estimator over the n samples, with k = min(k, n)); an answer without
-    samples counts as its own single sample.
-
-    Returns:
-        the record fields: ``extracted``, ``correct``, ``scores`` (metric name -> per-item value in [0, 1]),
-        and with k > 1 ``voted`` and ``samples`` (``[{"answer", "correct"}]``).
+    Attributes:
+        name: the ``--task`` value.
+        main_metric: the per-item score shown as the running figure and reported first.
+        question_key: the JSONL field holding the question.
+        recall: retrieval recall@k of the gold passage is scored when a store is used.
     """
-    from ..reasoning import (
-        exact_match,
-        extract_answer,
-        is_equivalent,
-        normalize_text,
-        token_f1,
-    )
 
-    sample_objs = tuple(getattr(answer, "samples", ()) or ())
-    if task == "qa":
+    name: str = ""
+    main_metric: str = "accuracy"
+    question_key: str = "question"
+    recall: bool = False
+
+    def system_prompt(self, with_store: bool) -> str:
+        """The system prompt of the task's items (``with_store``: passages are quoted in the prompt)."""
+        raise NotImplementedError
+
+    def gold(self, rec: dict) -> str | tuple[str, ...]:
+        """The gold answer of a record.
+
+        Raises:
+            ValueError: the record has no usable gold answer (the message says what is missing).
+        """
+        raise NotImplementedError
+
+    def score(self, item: Item, answer, samples: int) -> dict:
+        """Score one :class:`~dca.assistant.Answer` against ``item``.
+
+        Returns:
+            the record fields: ``extracted``, ``correct``, ``scores`` (metric name -> per-item value in
+            [0, 1]), and with k = ``samples`` > 1 also ``voted`` and ``samples`` (``[{"answer", "correct"}]``),
+            with the metrics ``maj@k`` (the voted answer), ``pass@1`` and ``pass@k`` (Chen et al.'s unbiased
+            estimator over the n samples, k = min(k, n)); an answer without samples counts as its own single
+            sample.
+        """
+        raise NotImplementedError
+
+    def load(self, path: str | Path, limit: int | None = None) -> tuple[list[Item], list[SkippedLine]]:
+        """Read the task's items from a JSONL file.
+
+        Args:
+            path: the JSONL file.
+            limit: keep the first ``limit`` valid items; None keeps all.
+
+        Returns:
+            (items, skipped lines): malformed lines (not JSON, not an object, no question, no usable gold
+            answer) are skipped and reported by line number.
+
+        Raises:
+            LoaderError: the file cannot be read, or holds no valid item.
+        """
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LoaderError(path, f"cannot read it as UTF-8 text ({e})") from e
+        items: list[Item] = []
+        skipped: list[SkippedLine] = []
+        for number, line in enumerate(lines, 1):
+            if limit is not None and len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+                question = rec.get(self.question_key)
+                if not isinstance(question, str) or not question.strip():
+                    raise ValueError(f'no "{self.question_key}" text')
+                gold = self.gold(rec)
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                skipped.append(SkippedLine(number, str(e)))
+                continue
+            rid = rec.get("id", rec.get("unique_id"))
+            gpid = rec.get("gold_paragraph_id") if self.recall else None
+            items.append(Item(len(items), str(rid) if rid is not None else f"line-{number}", number,
+                              question.strip(), gold, str(gpid) if gpid is not None else None))
+        if not items:
+            first = f", first: line {skipped[0].line}: {skipped[0].reason}" if skipped else ""
+            raise LoaderError(path, f"no valid {self.name} item (expected shape: see `dca eval --help`); "
+                                    f"{len(skipped)} malformed line(s){first}")
+        return items, skipped
+
+    @staticmethod
+    def _with_samples(out: dict, samples: int, sample_answers: list, voted, ok) -> dict:
+        if samples > 1:
+            flags = [bool(ok(a)) for a in sample_answers]
+            n, c = len(flags), sum(flags)
+            out["scores"][f"maj@{samples}"] = int(ok(voted))
+            out["scores"]["pass@1"] = round(pass_at_k(n, c, 1), 6)
+            out["scores"][f"pass@{samples}"] = round(pass_at_k(n, c, min(samples, n)), 6)
+            out["voted"] = voted
+            out["samples"] = [{"answer": a, "correct": f} for a, f in zip(sample_answers, flags)]
+        return out
+
+
+class MathTask(Task):
+    """Step-by-step reasoning to a final answer, scored by equivalence with the gold
+    (:func:`dca.grading.is_equivalent`): ``accuracy``."""
+
+    def score(self, item: Item, answer, samples: int) -> dict:
+        from ..grading import extract_answer, is_equivalent
+        from ..voting import vote
+
+        extracted = extract_answer(answer.text)
+        correct = is_equivalent(extracted, item.gold)
+        sample_answers = [s.answer for s in getattr(answer, "samples", ())] or [extracted]
+        votes = getattr(answer, "votes", ()) or vote(sample_answers, same=is_equivalent)
+        voted = votes[0].answer if votes else None
+        out = {"extracted": extracted, "correct": bool(correct), "scores": {"accuracy": int(correct)}}
+        return self._with_samples(out, samples, sample_answers, voted, lambda a: is_equivalent(a, item.gold))
+
+
+class GSM8K(MathTask):
+    """GSM8K (Cobbe et al. 2021): ``{"question", "answer"}``, the gold after ``####``."""
+
+    name = "gsm8k"
+
+    def system_prompt(self, with_store: bool) -> str:
+        return GSM8K_SYSTEM_PROMPT
+
+    def gold(self, rec: dict) -> str:
+        answer = rec.get("answer")
+        if not isinstance(answer, str) or "####" not in answer:
+            raise ValueError('"answer" has no "#### N" final answer')
+        gold = answer.rsplit("####", 1)[1].strip().replace(",", "")
+        if not gold:
+            raise ValueError('"answer" has an empty "####" final answer')
+        return gold
+
+
+class MATH(MathTask):
+    """MATH-500 (Lightman et al. 2023): ``{"problem", "solution", "answer"}``."""
+
+    name = "math"
+    question_key = "problem"
+
+    def system_prompt(self, with_store: bool) -> str:
+        return MATH_SYSTEM_PROMPT
+
+    def gold(self, rec: dict) -> str:
+        answer = rec.get("answer")
+        if isinstance(answer, str) and answer.strip():
+            return answer.strip()
+        from ..grading import extract_answer
+
+        solution = rec.get("solution")
+        gold = extract_answer(solution) if isinstance(solution, str) and "boxed" in solution else None
+        if gold is None:
+            raise ValueError('no "answer" and no \\boxed{} answer in "solution"')
+        return gold
+
+
+class QA(Task):
+    """SQuAD-shaped questions (Rajpurkar et al. 2016), answered with a short phrase: ``em`` and ``f1`` of
+    :func:`qa_prediction` against the accepted answers, and ``f1_full``, the F1 of the whole answer line
+    (:func:`qa_answer_line`); with a store, ``recall@k`` of the gold passage. Samples vote by their
+    SQuAD-normalised text."""
+
+    name = "qa"
+    main_metric = "em"
+    recall = True
+
+    def system_prompt(self, with_store: bool) -> str:
+        return QA_SYSTEM_PROMPT if with_store else QA_CLOSED_BOOK_PROMPT
+
+    def gold(self, rec: dict) -> tuple[str, ...]:
+        answers = rec.get("answers_all") or rec.get("answers")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ValueError('"answers" / "answers_all" must be a non-empty list of strings')
+        return tuple(dict.fromkeys(a.strip() for a in answers))
+
+    def score(self, item: Item, answer, samples: int) -> dict:
+        from ..grading import exact_match, normalize_text, token_f1
+        from ..voting import vote
+
         golds = list(item.gold)
         extracted = qa_prediction(answer.text, item.question)
         correct = exact_match(extracted, golds)
-        scores: dict[str, float] = {"em": int(correct), "f1": round(token_f1(extracted, golds), 6),
-                                    "f1_full": round(token_f1(qa_answer_line(answer.text), golds), 6)}
-        sample_answers = [qa_prediction(s.text, item.question) for s in sample_objs] or [extracted]
-        voted = _majority([a or None for a in sample_answers], lambda x, y: normalize_text(x) == normalize_text(y))
+        scores = {"em": int(correct), "f1": round(token_f1(extracted, golds), 6),
+                  "f1_full": round(token_f1(qa_answer_line(answer.text), golds), 6)}
+        sample_answers = [qa_prediction(s.text, item.question) for s in getattr(answer, "samples", ())] or [extracted]
+        votes = vote([a or None for a in sample_answers], same=lambda x, y: normalize_text(x) == normalize_text(y))
+        voted = votes[0].answer if votes else None
+        out = {"extracted": extracted, "correct": bool(correct), "scores": scores}
+        return self._with_samples(out, samples, sample_answers, voted,
+                                  lambda a: a is not None and exact_match(a, golds))
 
-        def ok(a):
-            return a is not None and exact_match(a, golds)
-    else:
-        extracted = extract_answer(answer.text)
-        correct = is_equivalent(extracted, item.gold)
-        scores = {"accuracy": int(correct)}
-        sample_answers = [s.answer for s in sample_objs] or [extracted]
-        votes = tuple(getattr(answer, "votes", ()) or ())
-        voted = votes[0].answer if votes else _majority(sample_answers, is_equivalent)
 
-        def ok(a):
-            return is_equivalent(a, item.gold)
-    out = {"extracted": extracted, "correct": bool(correct), "scores": scores}
-    if samples > 1:
-        flags = [bool(ok(a)) for a in sample_answers]
-        n, c = len(flags), sum(flags)
-        scores[f"maj@{samples}"] = int(ok(voted))
-        scores["pass@1"] = round(pass_at_k(n, c, 1), 6)
-        scores[f"pass@{samples}"] = round(pass_at_k(n, c, min(samples, n)), 6)
-        out["voted"] = voted
-        out["samples"] = [{"answer": a, "correct": f} for a, f in zip(sample_answers, flags)]
-    return out
+TASKS: dict[str, Task] = {t.name: t for t in (GSM8K(), MATH(), QA())}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        ConfigError: no such task (the message lists them).
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {name!r}") from None
+
+
+def load_items(task: str, path: str | Path, limit: int | None = None) -> tuple[list[Item], list[SkippedLine]]:
+    """``get_task(task).load(path, limit)``: see :meth:`Task.load`."""
+    return get_task(task).load(path, limit)
+
+
+def score_answer(task: str, item: Item, answer, samples: int) -> dict:
+    """``get_task(task).score(item, answer, samples)``: see :meth:`Task.score`."""
+    return get_task(task).score(item, answer, samples)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, QuantError, missing
+from ..progress import Progress, ProgressFn, emitter
 from .export import read_manifest
 
 log = logging.getLogger(__name__)
@@ -284,14 +285,15 @@ def _decode_speed(llm, prompt: list[int], n: int) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-def check(cfg: CheckConfig, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+def check(cfg: CheckConfig, progress: ProgressFn | None = None) -> list[CheckResult]:
     """Compare each GGUF of ``cfg.ggufs`` with its reference model on real text and on the chat template.
 
     The reference is loaded once for consecutive GGUFs that share it, and its logits are computed once.
 
     Args:
         cfg: the settings.
-        progress: called with a short description of each step as it starts; None for none.
+        progress: called with a :class:`~dca.progress.Progress` (job ``check``, unit ``models``: the GGUFs done)
+            as each step starts, its ``phase`` saying what runs; None for none.
 
     Returns:
         One result per GGUF, in the order given.
@@ -310,7 +312,11 @@ def check(cfg: CheckConfig, progress: Callable[[str], None] | None = None) -> li
 
     from .source import load_source
 
-    step = progress or (lambda msg: None)
+    emit = emitter(progress)
+
+    def step(phase: str) -> None:
+        emit(Progress("check", phase=phase, done=len(results), total=len(cfg.ggufs), unit="models"))
+
     if cfg.text_path is not None:
         try:
             text, text_name = cfg.text_path.read_text(encoding="utf-8"), str(cfg.text_path)

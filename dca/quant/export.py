@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, QuantError
-from ..home import atomic_write_text, sha256_file
+from ..errors import ConfigError, ManifestError, QuantError
+from ..paths import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, temporary_sibling
+from ..paths import read_manifest as _read
+from ..progress import Progress, ProgressFn, emitter
 from .quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type, resolve_tensor_types
 from .source import LOAD_DTYPES
 
@@ -47,15 +47,10 @@ def read_manifest(gguf_path: str | Path) -> dict | None:
         QuantError: the manifest exists but is not a dca export manifest.
     """
     path = manifest_path(gguf_path)
-    if not path.exists():
-        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise QuantError(f"{path}: unreadable manifest ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise QuantError(f"{path} is not a dca quant export manifest")
-    return data
+        return _read(path, MANIFEST_FORMAT)
+    except ManifestError as e:
+        raise QuantError(f"{path} is not a dca quant export manifest ({e.reason})") from e
 
 
 @dataclass
@@ -157,34 +152,13 @@ class ExportResult:
     manifest: dict = field(default_factory=dict)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete the temporary files of earlier exports to ``out`` whose process is gone (killed mid-write)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.split(".tmp-")[1].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by an interrupted export", tmp)
-        except (ValueError, IndexError, PermissionError):
-            continue
-
-
 def _source_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> ExportResult:
+def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResult:
     """Export ``cfg.source`` to the GGUF ``cfg.out`` in ``cfg.qtype``, with a manifest beside it.
 
     Stages: load (transformers; a GGUF source is dequantized), merge (LoRA, ``merge_and_unload`` in
@@ -193,8 +167,8 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
 
     Args:
         cfg: the settings.
-        progress: called with each stage's name (``"load"``, ``"write"``, ``"quantize"``, ``"manifest"``) as
-            it starts; None for none.
+        progress: called with a :class:`~dca.progress.Progress` (job ``export``) as each phase starts: ``load``,
+            ``write``, ``quantize`` (for llama.cpp's types), ``manifest``; None for none.
 
     Returns:
         The paths, size, checksum and stage timings.
@@ -216,9 +190,14 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
     if (out.exists() or manifest_path(out).exists()) and not cfg.force:
         raise ConfigError(f"-o/--out {out} exists; pass --force to replace it, or choose another file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
+    for tmp in remove_stale_temporaries(out):
+        log.info("removed %s, left by an interrupted export", tmp)
     require_gguf()  # fail before the slow load, not after it
-    step = progress or (lambda stage: None)
+    emit = emitter(progress)
+
+    def step(phase: str) -> None:
+        emit(Progress("export", phase=phase))
+
     t_start = time.perf_counter()
 
     step("load")
@@ -226,36 +205,33 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
     seconds = {"load": loaded.seconds["load"], "merge": loaded.seconds["merge"], "write": 0.0, "quantize": 0.0}
     direct = cfg.qtype in WRITE_TYPES
     written_type = cfg.qtype if direct else cfg.intermediate
-    tmp_written = out.with_name(f".{out.name}.tmp-{os.getpid()}.{written_type.lower()}")
-    tmp_final = tmp_written if direct else out.with_name(f".{out.name}.tmp-{os.getpid()}")
     name = cfg.name or (loaded.base or loaded.source).name.removesuffix(".gguf")
     pre = cfg.tokenizer_pre or loaded.gguf_metadata.get("tokenizer.ggml.pre")
     hf_arch = type(loaded.model).__name__
-    try:
-        step("write")
-        t0 = time.perf_counter()
+    with atomic_path(out) as tmp_final:  # OUT appears complete, or not at all
+        tmp_written = tmp_final if direct else temporary_sibling(out, written_type.lower())
         try:
-            info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
-                              tokenizer_pre=pre)
-        except OSError as e:
-            raise QuantError(f"writing {out} failed ({e.strerror or e}); nothing was written under that name") from e
-        seconds["write"] = time.perf_counter() - t0
-        loaded.model = None  # free the weights before llama.cpp reads the file
-        if not direct:
-            embedding_type, output_type = resolve_tensor_types(cfg.token_embedding_type, cfg.output_tensor_type,
-                                                               tied=info.tied_embeddings, source=cfg.source)
-            step("quantize")
+            step("write")
             t0 = time.perf_counter()
-            quantize_gguf(tmp_written, tmp_final, cfg.qtype, threads=cfg.threads,
-                          token_embedding_type=embedding_type, output_tensor_type=output_type)
-            seconds["quantize"] = time.perf_counter() - t0
-            tmp_written.unlink()
-        _fsync(tmp_final)
-        os.replace(tmp_final, out)
-    finally:
-        for tmp in (tmp_written, tmp_final):
-            if tmp.exists():
-                tmp.unlink()
+            try:
+                info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
+                                  tokenizer_pre=pre)
+            except OSError as e:
+                raise QuantError(f"writing {out} failed ({e.strerror or e}); "
+                                 "nothing was written under that name") from e
+            seconds["write"] = time.perf_counter() - t0
+            loaded.model = None  # free the weights before llama.cpp reads the file
+            if not direct:
+                embedding_type, output_type = resolve_tensor_types(cfg.token_embedding_type, cfg.output_tensor_type,
+                                                                   tied=info.tied_embeddings, source=cfg.source)
+                step("quantize")
+                t0 = time.perf_counter()
+                quantize_gguf(tmp_written, tmp_final, cfg.qtype, threads=cfg.threads,
+                              token_embedding_type=embedding_type, output_tensor_type=output_type)
+                seconds["quantize"] = time.perf_counter() - t0
+        finally:
+            if tmp_written != tmp_final:
+                tmp_written.unlink(missing_ok=True)
 
     step("manifest")
     seconds["total"] = time.perf_counter() - t_start
@@ -279,7 +255,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> 
         "dca_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
     log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
     return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
                         seconds=seconds, manifest=manifest)

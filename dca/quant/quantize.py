@@ -6,11 +6,10 @@ that validating ``--type`` does not import llama_cpp (a test checks them against
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError, QuantError, missing
+from ..errors import ConfigError, QuantError
 
 log = logging.getLogger(__name__)
 
@@ -122,52 +121,17 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
         MissingDependencyError: llama-cpp-python is not installed.
         QuantError: llama.cpp failed (unreadable input, unsupported architecture, a write error).
     """
-    try:
-        import llama_cpp
-        from llama_cpp import _logger
-    except ImportError as e:
-        raise missing("llama_cpp (llama-cpp-python)", "chat") from e
-    llama_cpp.llama_backend_init()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = LLAMA_CPP_TYPES[qtype]
-    params.nthread = threads or 0
-    if token_embedding_type is not None:
-        params.token_embedding_type = TENSOR_TYPES[token_embedding_type]
-    if output_tensor_type is not None:
-        params.output_tensor_type = TENSOR_TYPES[output_tensor_type]
+    from ..llm.native import quantize_model
+
     log.info("quantizing %s -> %s (%s)", src, dst, qtype)
-    # llama.cpp reports every tensor (and each k-quant fallback) on stderr; send it to logging meanwhile
-    _ERRORS.clear()
-    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+        errors = quantize_model(src, dst, LLAMA_CPP_TYPES[qtype], threads=threads,
+                                token_embedding_type=None if token_embedding_type is None
+                                else TENSOR_TYPES[token_embedding_type],
+                                output_tensor_type=None if output_tensor_type is None
+                                else TENSOR_TYPES[output_tensor_type])
     except OSError as e:  # a C++ exception surfaces as OSError through ctypes on some builds
         raise QuantError(f"llama.cpp could not quantize {src} to {qtype} ({e})") from e
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-    if rc != 0:
-        detail = " ".join(" ".join(_ERRORS).split())[-400:] or "no message; check free disk space"
+    if errors:
+        detail = " ".join(" ".join(errors).split())[-400:]
         raise QuantError(f"llama.cpp could not quantize {src} to {qtype}: {detail}")
-
-
-_CALLBACK = None  # kept referenced while llama.cpp holds the C function pointer
-_ERRORS: list[str] = []  # llama.cpp's error lines during the last quantize_gguf call
-
-
-def _log_callback():
-    """A llama.cpp log callback sending its lines to :mod:`logging` at DEBUG, and errors to ``_ERRORS``."""
-    global _CALLBACK
-    import llama_cpp
-
-    if _CALLBACK is None:
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data) -> None:
-            line = text.decode("utf-8", errors="replace").rstrip()
-            if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5)
-                _ERRORS.append(line)
-                log.debug("llama.cpp: %s", line)
-            elif line:
-                log.debug("llama.cpp: %s", line)
-
-        _CALLBACK = callback
-    return _CALLBACK

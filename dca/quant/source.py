@@ -6,14 +6,14 @@ adapter trained with QLoRA is merged into full-precision base weights.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import QuantError, missing
+from ..errors import ManifestError, QuantError, missing
+from ..paths import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ def describe_source(src: Path) -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing or unreadable (the caller then looks elsewhere)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_manifest(path) or {}
+    except ManifestError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _is_hf_config(path: Path) -> bool:
@@ -148,9 +148,9 @@ def _run_base(run_dir: Path) -> Path | None:
 def _check_hf_dir(path: Path) -> None:
     """Fail early, with the file named, on a directory without weights, with corrupt safetensors, or quantized."""
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise QuantError(f"{path / 'config.json'}: unreadable model config ({e})") from e
+        config = read_manifest(path / "config.json") or {}
+    except ManifestError as e:
+        raise QuantError(f"{path / 'config.json'}: unreadable model config ({e.reason})") from e
     quant = config.get("quantization_config")
     if quant and quant.get("quant_method") != "gguf":
         raise QuantError(f"{path} holds {quant.get('quant_method')}-quantized weights; export needs 16- or 32-bit "
@@ -245,9 +245,11 @@ def _load_base(path: Path, dtype: str):
 def adapter_base(adapter: Path) -> str | None:
     """The base model an adapter names (``base_model_name_or_path`` of ``adapter_config.json``)."""
     try:
-        cfg = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise QuantError(f"{adapter / ADAPTER_CONFIG}: unreadable adapter config ({e})") from e
+        cfg = read_manifest(adapter / ADAPTER_CONFIG)
+        if cfg is None:
+            raise ManifestError(adapter / ADAPTER_CONFIG, "no such file")
+    except ManifestError as e:
+        raise QuantError(f"{adapter / ADAPTER_CONFIG}: unreadable adapter config ({e.reason})") from e
     return cfg.get("base_model_name_or_path")
 
 

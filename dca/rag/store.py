@@ -32,8 +32,9 @@ from typing import Callable, Iterable, Literal
 
 import numpy as np
 
-from ..errors import ConfigError, LoaderError, StoreError
-from ..home import atomic_write_text, sha256_file
+from ..errors import ConfigError, LoaderError, ManifestError, StoreError
+from ..paths import atomic_write_text, read_manifest, sha256_file
+from ..progress import Progress, ProgressFn, emitter
 from . import index as vindex
 from .chunking import chunk_document
 from .embed import Embedder
@@ -128,16 +129,6 @@ class SearchHit:
 
 
 @dataclass
-class IngestProgress:
-    """Reported to the ``progress`` callback after each embedded window (counts so far)."""
-
-    files_done: int
-    files_total: int
-    chunks_done: int
-    chunks_total: int
-
-
-@dataclass
 class IngestReport:
     """What an ingest did. ``errors`` maps each file that failed to why; ``warnings`` are skipped lines."""
 
@@ -188,7 +179,8 @@ class Store:
             corrupt manifest or database, or a store built with another embedder.
     """
 
-    def __init__(self, path: str | Path, embedder: Embedder, *, config: StoreConfig | None = None, create: bool = False):
+    def __init__(self, path: str | Path, embedder: Embedder, *, config: StoreConfig | None = None,
+                 create: bool = False):
         self.path = Path(path)
         self.embedder = embedder
         self._lock = threading.RLock()
@@ -214,12 +206,14 @@ class Store:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         else:
-            raise StoreError(f"no dca store at {self.path}; create one with: dca rag ingest PATH --store-dir {self.path}")
+            raise StoreError(f"no dca store at {self.path}; "
+                             f"create one with: dca rag ingest PATH --store-dir {self.path}")
         try:
             self._db = sqlite3.connect(self.path / DATABASE, check_same_thread=False)
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path / DATABASE}: corrupt store database ({e}); re-ingest into a new --store-dir") from e
+            raise StoreError(f"{self.path / DATABASE}: corrupt store database ({e}); "
+                             "re-ingest into a new --store-dir") from e
         if not manifest_path.exists():
             self._write_manifest()
 
@@ -247,11 +241,9 @@ class Store:
 
     def _read_manifest(self, path: Path) -> dict:
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{path}: unreadable store manifest ({e}); re-ingest into a new --store-dir") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-            raise StoreError(f"{path}: not a dca store manifest (expected format {STORE_FORMAT!r})")
+            manifest = read_manifest(path, STORE_FORMAT)
+        except ManifestError as e:
+            raise StoreError(f"{path}: unreadable store manifest ({e.reason}); re-ingest into a new --store-dir") from e
         if manifest.get("version") != STORE_VERSION:
             raise StoreError(
                 f"{self.path}: store format version {manifest.get('version')!r}, this dca reads version "
@@ -316,7 +308,7 @@ class Store:
         self,
         paths: Iterable[str | Path],
         *,
-        progress: Callable[[IngestProgress], None] | None = None,
+        progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> IngestReport:
         """Load, chunk, embed and index files; re-ingesting skips unchanged files.
@@ -329,7 +321,9 @@ class Store:
 
         Args:
             paths: files and directories (walked recursively for supported types).
-            progress: called after each embedded window (``chunks_*`` count chunks to embed).
+            progress: called with a :class:`~dca.progress.Progress` (job ``ingest``, unit ``chunks``: the chunks to
+                embed, those whose text is already stored not counted; metrics ``files_done``, ``files_total``)
+                after each embedded window.
             cancel: polled between windows; when it returns True the ingest stops after the current
                 window, with ``cancelled=True`` in the report and the unfinished files left out of
                 ``added``/``updated``.
@@ -338,6 +332,7 @@ class Store:
             the :class:`IngestReport`.
         """
         t0 = time.perf_counter()
+        emit = emitter(progress)
         report = IngestReport()
         pending: list[tuple[Path, str, int, list, list]] = []  # (path, sha, size, documents, chunks)
         files: list[Path] = []
@@ -392,8 +387,8 @@ class Store:
                 vectors.update(blobs)
                 report.chunks_added += len(part)
                 committed = self._commit_ready(items, vectors, committed)
-                if progress is not None:
-                    progress(IngestProgress(committed, len(items), start + len(part), len(work)))
+                emit(Progress("ingest", phase="embedding", done=start + len(part), total=len(work), unit="chunks",
+                              metrics={"files_done": committed, "files_total": len(items)}))
                 if cancel is not None and start + len(part) < len(work) and cancel():
                     report.cancelled = True
                     break
@@ -490,7 +485,8 @@ class Store:
 
     # -- search -----------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 5, *, mode: SearchMode = "hybrid", candidates: int | None = None) -> list[SearchHit]:
+    def search(self, query: str, k: int = 5, *, mode: SearchMode = "hybrid",
+               candidates: int | None = None) -> list[SearchHit]:
         """Rank chunks for ``query``.
 
         ``hybrid`` fuses the dense and lexical rankings by reciprocal rank fusion, score =

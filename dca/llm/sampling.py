@@ -10,62 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from .base import Completion
+from .native import SequenceContext, n_ctx_train
 
 log = logging.getLogger(__name__)
 
 TOP_K = 64  # candidates kept before top-p; sampling from the long tail only adds noise
 TAIL = 20.0  # nats below the best token (times the temperature) beyond which tokens are never sampled
 PENALTY_LAST_N = 64  # generated tokens the repeat penalty looks back over (llama-cpp-python's last_n_tokens_size)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One sampled continuation.
-
-    Attributes:
-        text: the decoded text, without the stop string that ended it.
-        tokens: number of tokens generated.
-        mean_logprob: mean natural-log probability of the generated tokens under the model (temperature 1),
-            the confidence used by weighted voting; 0.0 when no token was generated.
-        finish: ``"stop"`` (end of generation or a stop string), ``"length"`` (max_tokens) or ``"cancelled"``.
-    """
-
-    text: str
-    tokens: int
-    mean_logprob: float
-    finish: str
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max()
-    return x - m - np.log(np.exp(x - m).sum())
-
-
-def _decode(ctx, batch) -> None:
-    import llama_cpp
-
-    rc = llama_cpp.llama_decode(ctx.ctx, batch)
-    if rc != 0:
-        raise RuntimeError(f"llama_decode failed with code {rc} (context full or out of memory)")
-
-
-def decode_prompt(ctx, batch, tokens: Sequence[int], n_batch: int, seq_ids: Sequence[int]) -> None:
-    """Decode ``tokens`` at positions 0.. in ``n_batch`` chunks, each token in every sequence of ``seq_ids``
-    (shared KV cells); logits are kept for the last token only."""
-    for start in range(0, len(tokens), n_batch):
-        part = tokens[start:start + n_batch]
-        batch.n_tokens = len(part)
-        for i, tok in enumerate(part):
-            batch.token[i] = tok
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = len(seq_ids)
-            for j, s in enumerate(seq_ids):
-                batch.seq_id[i][j] = s
-            batch.logits[i] = start + i == len(tokens) - 1
-        _decode(ctx, batch)
 
 
 def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
@@ -109,35 +64,22 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
         ValueError: n out of range, or the prompt does not fit the model's training context.
         RuntimeError: llama.cpp failed to allocate the context or to decode.
     """
-    import llama_cpp
-    from llama_cpp import _internals
-
     if not 1 <= n <= 64:
         raise ValueError(f"n must be in 1..64, got {n}")
     tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     per_seq = -(-(len(tokens) + max_tokens + 8) // 256) * 256  # llama.cpp pads each stream to 256 cells
     n_ctx = n * per_seq
-    if len(tokens) + max_tokens > llama._model.n_ctx_train():
+    if len(tokens) + max_tokens > n_ctx_train(llama):
         raise ValueError(f"prompt of {len(tokens)} tokens + {max_tokens} new ones exceeds the model's context")
-    # the Llama's own settings (threads, attention kernel, KV types), so greedy samples match its output
-    params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
-    params.n_ctx = n_ctx
-    params.n_batch = params.n_ubatch = max(min(512, n_ctx), n)
-    params.n_seq_max = n
+    rng = np.random.default_rng(seed)
     # One KV stream per sequence: each token attends over its own sequence's cells only, not over a
     # unified cache holding all n sequences (that made a step cost ~n single steps on a CPU).
-    params.kv_unified = False
-    ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
-    batch = llama_cpp.llama_batch_init(params.n_batch, 0, n)
-    rng = np.random.default_rng(seed)
-    vocab = llama._model.vocab
-    n_vocab = llama.n_vocab()
-    try:
-        # 1. the prompt, every token in all n sequences; logits for the last one only
-        decode_prompt(ctx, batch, tokens, params.n_batch, [0])
-        memory = llama_cpp.llama_get_memory(ctx.ctx)
+    with SequenceContext(llama, n_ctx=n_ctx, n_batch=max(min(512, n_ctx), n), n_seq=n, unified_kv=False) as ctx:
+        n_vocab = ctx.n_vocab
+        # 1. the prompt, in sequence 0; logits for the last token only
+        ctx.decode_prompt(tokens, [0])
         for s in range(1, n):  # copy the prompt's KV cells from sequence 0 into every other stream
-            llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
+            ctx.copy_sequence(0, s)
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         logprob_sum = np.zeros(n)
         finish: list[str | None] = [None] * n
@@ -155,11 +97,9 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
                 break
             chosen = {}
             if shared_last:  # after the prompt every sequence continues from the same logits row
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, batch.n_tokens - 1), shape=(n_vocab,))
-                mat = np.broadcast_to(row, (len(active), n_vocab))
+                mat = np.broadcast_to(ctx.last_logits(), (len(active), n_vocab))
             else:  # rows of the last batch, in batch order; every sequence still active was in it
-                allrows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx.ctx), shape=(batch.n_tokens, n_vocab))
-                mat = allrows[[logit_rows[s] for s in active]]
+                mat = ctx.logits()[[logit_rows[s] for s in active]]
             # log-probabilities for the confidence come from the model's own logits; choices from penalised ones
             top = mat.max(axis=1, keepdims=True)
             log_z = top[:, 0] + np.log(np.exp(mat - top).sum(axis=1))
@@ -191,7 +131,7 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
                 chosen[s] = tok
                 logprob_sum[s] += float(raw_mat[j, tok] - log_z[j])
                 out_tokens[s].append(tok)
-                if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                if ctx.is_end_of_generation(tok):
                     finish[s] = "stop"
                     continue
                 raw[s] += llama.detokenize([tok])
@@ -203,16 +143,10 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
             running = [s for s in active if finish[s] is None]
             if not running or step + 1 == max_tokens:
                 break
-            batch.n_tokens = len(running)
             for i, s in enumerate(running):
-                batch.token[i] = chosen[s]
-                batch.pos[i] = len(tokens) + len(out_tokens[s]) - 1
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = s
-                batch.logits[i] = True
                 logit_rows[s] = i
             shared_last = False
-            _decode(ctx, batch)
+            ctx.decode([chosen[s] for s in running], [len(tokens) + len(out_tokens[s]) - 1 for s in running], running)
         results = []
         for s in range(n):
             text = raw[s].decode("utf-8", errors="ignore")
@@ -221,7 +155,4 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
             results.append(Completion(text[:cut] if cut >= 0 else text, k, float(logprob_sum[s] / k) if k else 0.0,
                                       finish[s] or "length"))
         return results
-    finally:
-        llama_cpp.llama_batch_free(batch)
-        ctx.close()
 

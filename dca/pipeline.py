@@ -33,18 +33,16 @@ its old output replaced. A changed stage changes its output, hence the hash of e
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..errors import ConfigError, TeacherError
-from ..home import atomic_write_text
-from .stamps import digest, fingerprint
+from .distill.stamps import digest, fingerprint
+from .errors import ConfigError, ManifestError, TeacherError
+from .paths import atomic_path, atomic_write_json, read_manifest
+from .progress import Progress, ProgressFn, emitter
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +54,6 @@ _OWNED = {"generate": {"out"}, "filter": {"out", "report_dir", "force"}, "train"
           "export": {"source", "out", "force"}, "eval": {"model", "out_dir", "resume", "force"}}
 _IMPORT_KEYS = {"src", "format"}
 _QUANTIZE_KEYS = {"qtype", "threads", "token_embedding_type", "output_tensor_type"}
-
-ProgressFn = Callable[[str, object], None]
-
 
 @dataclass
 class PipelineConfig:
@@ -136,7 +131,7 @@ def _paths(cfg: PipelineConfig) -> dict[str, Path]:
     d = cfg.out_dir
     export_q = (cfg.export or {}).get("qtype")
     if export_q is None:
-        from ..quant import ExportConfig
+        from .quant import ExportConfig
 
         export_q = "F16" if cfg.quantize is not None else ExportConfig.__dataclass_fields__["qtype"].default
     export_q = str(export_q).upper()
@@ -151,11 +146,11 @@ def _stage_config(cfg: PipelineConfig, name: str, placeholder: Path | None = Non
     p = _paths(cfg)
     s = dict(getattr(cfg, name))
     if name == "generate":
-        from .generate import GenerateConfig
+        from .distill.generate import GenerateConfig
 
         return GenerateConfig(**s, out=p["traces"])
     if name == "filter":
-        from .filter import FilterConfig
+        from .distill.filter import FilterConfig
 
         s.setdefault("traces", [placeholder or p["traces"]] if cfg.import_traces or cfg.generate else None)
         if s["traces"] is None:
@@ -164,7 +159,7 @@ def _stage_config(cfg: PipelineConfig, name: str, placeholder: Path | None = Non
             s["traces"] = [placeholder]
         return FilterConfig(**s, out=p["sft"], report_dir=p["sft_report"], force=True)
     if name == "train":
-        from .train import TrainConfig
+        from .distill.train import TrainConfig
 
         made = p["sft"] if cfg.filter is not None else p["traces"] if cfg.import_traces or cfg.generate else None
         if "data" not in s and made is None:
@@ -173,12 +168,12 @@ def _stage_config(cfg: PipelineConfig, name: str, placeholder: Path | None = Non
             s["data"] = [placeholder or made]
         return TrainConfig(**s, out_dir=p["train"])
     if name == "export":
-        from ..quant import ExportConfig
+        from .quant import ExportConfig
 
         s.setdefault("qtype", p["export"].name.split(".")[-2])
         return ExportConfig(**s, source=placeholder or _export_source(cfg), out=p["export"], force=True)
     if name == "eval":
-        from ..eval import EvalConfig
+        from .eval import EvalConfig
 
         return EvalConfig(**s, model=str(p["quantize"] if cfg.quantize is not None else p["export"]),
                           out_dir=p["eval"])
@@ -193,12 +188,16 @@ def _validate(cfg: PipelineConfig, name: str) -> None:
         allowed = _QUANTIZE_KEYS
     else:
         allowed = {f.name for f in fields(_config_class(name))} - _OWNED[name]
+        if name == "eval":  # the assistant's settings, flat beside the run's own
+            from .assistant.config import AssistantConfig
+
+            allowed |= set(AssistantConfig.__dataclass_fields__)
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise ConfigError(f"{name}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
     if name in ("import_traces", "quantize"):
         if name == "quantize":
-            from ..quant.quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type
+            from .quant.quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type
 
             normalize_qtype(section["qtype"], "quantize.qtype")
             for key in ("token_embedding_type", "output_tensor_type"):
@@ -218,11 +217,11 @@ def _validate(cfg: PipelineConfig, name: str) -> None:
 
 def _config_class(name: str) -> type:
     """The config dataclass of a stage."""
-    from ..eval import EvalConfig
-    from ..quant import ExportConfig
-    from .filter import FilterConfig
-    from .generate import GenerateConfig
-    from .train import TrainConfig
+    from .distill.filter import FilterConfig
+    from .distill.generate import GenerateConfig
+    from .distill.train import TrainConfig
+    from .eval import EvalConfig
+    from .quant import ExportConfig
 
     return {"generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "export": ExportConfig,
             "eval": EvalConfig}[name]
@@ -243,10 +242,9 @@ def _settings(obj) -> dict:
 
 def _read_stamp(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        return read_manifest(path) or {}
+    except ManifestError:
+        return {}  # a damaged stamp: the stage runs again
 
 
 def _remove(*paths: Path) -> None:
@@ -262,9 +260,9 @@ def run_pipeline(cfg: PipelineConfig, *, progress: ProgressFn | None = None) -> 
 
     Args:
         cfg: the settings.
-        progress: called as ``progress(stage, event)``: ``event`` is ``"start"``, ``"skip"`` or ``"done"``,
-            or a stage's own progress object (:class:`~dca.distill.train.TrainProgress` for train, the
-            eval's ``(done, total, accuracy)`` tuple, generate's ``GenerateProgress``).
+        progress: called with :class:`~dca.progress.Progress` events: for each stage one with ``event``
+            ``"start"`` (or ``"skip"`` when it is up to date), its own progress events (``job`` the stage's
+            name, ``phase`` what it does now), and one with ``event`` ``"done"``.
 
     Returns:
         The report, one :class:`StageResult` per enabled stage.
@@ -274,7 +272,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: ProgressFn | None = None) -> 
         MissingDependencyError...); the stages before it keep their outputs and stamps, so running again
         resumes at the failed stage.
     """
-    emit = progress or (lambda stage, event: None)
+    emit = emitter(progress)
     paths = _paths(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     report = PipelineReport(cfg.out_dir)
@@ -286,21 +284,22 @@ def run_pipeline(cfg: PipelineConfig, *, progress: ProgressFn | None = None) -> 
         stamp = {} if cfg.force else _read_stamp(stamp_path)
         current = stamp.get("hash") == h
         if current and stamp.get("status") == "done" and all(p.exists() for p in outputs):
-            emit(name, "skip")
+            emit(Progress(name, event="skip"))
             report.stages.append(StageResult(name, "skipped", [str(p) for p in outputs], 0.0, stamp.get("summary", "")))
             continue
         resume = current and stamp.get("status") == "running"
-        emit(name, "start")
+        emit(Progress(name, event="start"))
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         record = {"stage": name, "hash": h, "status": "running", "settings": _settings(stage_cfg),
                   "inputs": [str(p) for p in inputs], "outputs": [str(p) for p in outputs], "started": started}
-        atomic_write_text(stamp_path, json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_json(stamp_path, record)
         t0 = time.perf_counter()
-        summary = _run_stage(cfg, name, stage_cfg, paths, resume, lambda event, _n=name: emit(_n, event))
+        summary = _run_stage(cfg, name, stage_cfg, paths, resume,
+                             lambda event, _n=name: emit(replace(event, job=_n)))
         record.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       seconds=round(time.perf_counter() - t0, 3), summary=summary)
-        atomic_write_text(stamp_path, json.dumps(record, indent=2, default=str) + "\n")
-        emit(name, "done")
+        atomic_write_json(stamp_path, record)
+        emit(Progress(name, event="done"))
         report.stages.append(StageResult(name, "continued" if resume else "ran", [str(p) for p in outputs],
                                          record["seconds"], summary))
     return report
@@ -315,7 +314,7 @@ def _io(cfg: PipelineConfig, name: str, stage_cfg, paths: dict) -> tuple[list[Pa
     if name == "filter":
         return [*stage_cfg.traces, *stage_cfg.decontaminate], [paths["sft"], paths["sft_report"]]
     if name == "train":
-        from .train import resolve_base
+        from .distill.train import resolve_base
 
         extra = [stage_cfg.chat_template] if stage_cfg.chat_template else []
         return [*stage_cfg.data, *stage_cfg.eval_data, resolve_base(stage_cfg.model)[0], *extra], [paths["train"]]
@@ -330,12 +329,13 @@ def _io(cfg: PipelineConfig, name: str, stage_cfg, paths: dict) -> tuple[list[Pa
 def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: bool, emit) -> str:
     """Run one stage; returns a one-line summary for the report."""
     if name == "import_traces":
-        from .importers import import_traces
+        from .distill.importers import import_traces
 
-        r = import_traces(stage_cfg["src"], paths["traces"], fmt=stage_cfg.get("format", "auto"), force=True)
+        r = import_traces(stage_cfg["src"], paths["traces"], fmt=stage_cfg.get("format", "auto"), force=True,
+                          progress=emit)
         return f"{r.written} traces ({len(r.bad)} lines skipped)"
     if name == "generate":
-        from .generate import generate, load_teacher
+        from .distill.generate import generate, load_teacher
 
         if not resume:
             _remove(paths["traces"])  # other settings: the earlier samples do not belong to this run
@@ -349,47 +349,39 @@ def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: b
                                "command again to retry them")
         return f"{r.written} traces written, {r.skipped} already there"
     if name == "filter":
-        from .filter import filter_traces
+        from .distill.filter import filter_traces
 
-        r = filter_traces(stage_cfg)
+        r = filter_traces(stage_cfg, progress=emit)
         return f"kept {r.kept} of {r.total} traces"
     if name == "train":
-        from dataclasses import replace
-
-        from .train import train
+        from .distill.train import train
 
         r = train(replace(stage_cfg, force=not resume, resume=False), progress=emit)
         loss = f", loss {r.first_loss:.4f} -> {r.loss:.4f}" if r.first_loss is not None and r.loss is not None else ""
         ev = f", eval loss {r.eval_loss:.4f}" if r.eval_loss is not None else ""
         return f"{r.steps} steps{loss}{ev}"
     if name == "export":
-        from ..quant import export
+        from .quant import export
 
-        r = export(stage_cfg, progress=lambda stage: emit(stage))
+        r = export(stage_cfg, progress=emit)
         return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
     if name == "quantize":
-        from ..quant import read_manifest
-        from ..quant.quantize import normalize_qtype, normalize_tensor_type, quantize_gguf, resolve_tensor_types
+        from .quant import read_manifest
+        from .quant.quantize import normalize_qtype, normalize_tensor_type, quantize_gguf, resolve_tensor_types
 
         dst = paths["quantize"]
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         types = {key: normalize_tensor_type(stage_cfg[key], f"quantize.{key}") if stage_cfg.get(key) else None
                  for key in ("token_embedding_type", "output_tensor_type")}
         tied = bool((read_manifest(paths["export"]) or {}).get("tied_embeddings"))
         embedding_type, output_type = resolve_tensor_types(**types, tied=tied, source=paths["export"])
-        try:
+        emit(Progress("quantize", phase="quantize"))
+        with atomic_path(dst) as tmp:
             quantize_gguf(paths["export"], tmp, normalize_qtype(stage_cfg["qtype"], "quantize.qtype"),
                           threads=stage_cfg.get("threads"), token_embedding_type=embedding_type,
                           output_tensor_type=output_type)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
         return f"{dst.name} ({dst.stat().st_size / 1e6:.1f} MB)"
-    from dataclasses import replace
+    from .eval import run_eval
 
-    from ..eval import run_eval
-
-    r = run_eval(replace(stage_cfg, resume=resume, force=not resume),
-                 progress=lambda done, total, acc: emit((done, total, acc)))
+    r = run_eval(replace(stage_cfg, resume=resume, force=not resume), progress=emit)
     m = r.main
     return f"{m.name} {m.value:.1%} [{m.low:.1%}, {m.high:.1%}] on {m.n} items"

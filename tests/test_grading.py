@@ -1,4 +1,4 @@
-"""dca.reasoning: answer extraction and equivalence, checked on the real GSM8K, MATH-500 and trace files."""
+"""dca.grading: answer extraction and equivalence, checked on the real GSM8K, MATH-500 and trace files."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import json
 import sys
 
 import pytest
+from conftest import shared_file
 
 from dca.errors import MissingDependencyError
-from conftest import shared_file
-from dca.reasoning import (
+from dca.grading import (
     exact_match,
     extract_answer,
     is_equivalent,
     normalize_text,
-    strip_thinking,
     token_f1,
 )
+
 
 def _rows(name: str) -> list[dict]:
     path = shared_file(name)
@@ -144,12 +144,6 @@ def test_tricky_pairs(prediction, gold, expected):
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
-
-
-def test_strip_thinking():
-    assert strip_thinking("<think>a</think>b<think>c</think> d") == " d"
-    assert strip_thinking("<think>unfinished") == ""
-    assert strip_thinking("plain") == "plain"
 
 
 def test_squad_normalisation_and_scores():

@@ -1,4 +1,5 @@
-"""``dca distill ...``: the reasoning-distillation commands (a thin layer over :mod:`dca.distill`)."""
+"""``dca distill ...``: the reasoning-distillation commands (a thin layer over :mod:`dca.distill` and
+:mod:`dca.pipeline`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
-from .cli_common import err, out
-from .cli_common import handles_errors as _handles_errors
+from ..distill.filter import FilterConfig
+from ..distill.generate import GenerateConfig
+from ..distill.loop import TrainConfig
+from .common import err, handles_errors, out, print_error, print_table, print_warning, table
+from .options import config_option, with_default
+from .progress import ProgressView
 
-distill_app = typer.Typer(
+app = typer.Typer(
     help="Reasoning: generate or import chain-of-thought traces, verify and filter them, distill them (SFT).",
     no_args_is_help=True,
 )
@@ -18,26 +25,26 @@ distill_app = typer.Typer(
 # -- generate ------------------------------------------------------------------------------------------------
 
 
-@distill_app.command("generate")
-@_handles_errors
+@app.command("generate")
+@handles_errors
 def distill_generate(
     questions: Path = typer.Argument(..., help="JSONL questions: GSM8K (question, answer '#### N'), MATH (problem, answer or solution with \\boxed{}) or messages (first user turn; gold or answer optional); optional id."),
     out_path: Path = typer.Option(..., "-o", "--out", help="Trace JSONL to append to; re-running the same command resumes it."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="openai | gguf | hf \\[default: openai]."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help=with_default("openai | gguf | hf.", GenerateConfig, "teacher")),
     teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Model name (openai), GGUF name or path (gguf) or model directory (hf)."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Same as --teacher-model \\[default for gguf: bundled smollm2-135m-instruct]."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key; may be unset for local servers \\[default: OPENAI_API_KEY]."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Samples per question \\[default: 1]."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 is greedy \\[default: 0.7]."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Most generated tokens per sample, thinking included \\[default: 2048]."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help=with_default("Environment variable holding the API key; may be unset for local servers.", GenerateConfig, "api_key_env")),
+    samples: Optional[int] = typer.Option(None, "--samples", help=with_default("Samples per question.", GenerateConfig, "samples")),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=with_default("0 is greedy.", GenerateConfig, "temperature")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=with_default("Most generated tokens per sample, thinking included.", GenerateConfig, "max_tokens")),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn; '' sends none \\[default: reason step by step, answer in \\boxed{}]."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight (openai); local teachers run one at a time \\[default: 8]."),
-    timeout_s: Optional[float] = typer.Option(None, "--timeout", help="Seconds per HTTP request \\[default: 300]."),
-    max_retries: Optional[int] = typer.Option(None, "--max-retries", help="Retries on 429, 5xx and connection errors \\[default: 5]."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help=with_default("Requests in flight (openai); local teachers run one at a time.", GenerateConfig, "concurrency")),
+    timeout_s: Optional[float] = typer.Option(None, "--timeout", help=with_default("Seconds per HTTP request.", GenerateConfig, "timeout_s")),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", help=with_default("Retries on 429, 5xx and connection errors.", GenerateConfig, "max_retries")),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N valid questions \\[default: all]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed; each sample's seed is derived from it, the id and the sample index \\[default: 0]."),
-    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of GenerateConfig settings (flags override it)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Base seed; each sample's seed is derived from it, the id and the sample index.", GenerateConfig, "seed")),
+    config_path: Optional[Path] = config_option("GenerateConfig"),
 ):
     """Sample reasoning traces from a teacher model into a trace JSONL, N per question, resumably.
 
@@ -45,55 +52,41 @@ def distill_generate(
     continues where it stopped when the same command is run again. meta.correct records whether the final
     answer matches the gold answer; filter on it with: dca distill filter
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .config import load_config
-    from .distill.generate import GenerateConfig, generate, load_teacher
+    from ..config import load_config
+    from ..distill.generate import GenerateConfig, generate, load_teacher
 
     if model is not None and teacher_model is not None and model != teacher_model:
-        err.print("[bold red]error:[/] give the model once: -m/--model or --teacher-model")
+        print_error("give the model once: -m/--model or --teacher-model")
         raise typer.Exit(2)
     given = {"teacher": teacher, "teacher_model": teacher_model or model, "base_url": base_url, "api_key_env": api_key_env,
              "samples": samples, "temperature": temperature, "max_tokens": max_tokens, "system_prompt": system_prompt,
              "concurrency": concurrency, "timeout_s": timeout_s, "max_retries": max_retries, "limit": limit, "seed": seed}
     cfg = load_config(GenerateConfig, config_path, questions=questions, out=out_path, **given)
-    bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TextColumn("accepted {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
-    bar_task = bar.add_task("generate", total=None, rate="", acc="-")
-
-    def progress(p):
-        bar.start()  # on the first call, once the teacher is loaded and the files are read
-        rate = (f"{p.completion_tokens / p.elapsed_s:.1f} tok/s" if p.completion_tokens and p.elapsed_s
-                else f"{p.written / p.elapsed_s:.2f} samples/s" if p.elapsed_s else "")
-        acc = "-" if p.acceptance is None else f"{p.accepted}/{p.judged} ({p.acceptance:.0%})"
-        bar.update(bar_task, completed=p.done, total=p.total, rate=rate, acc=acc)
-
     teacher_obj = load_teacher(cfg)
     try:
-        report = generate(cfg, teacher_obj, progress=progress)
+        with ProgressView(err) as view:
+            report = generate(cfg, teacher_obj, progress=view)
     except KeyboardInterrupt:
-        bar.stop()
-        err.print(f"[yellow]interrupted[/]: finished samples are kept in {cfg.out}; run the same command to continue")
+        print_warning("interrupted:", f"finished samples are kept in {cfg.out}; run the same command to continue")
         raise typer.Exit(130) from None
     finally:
-        bar.stop()
         teacher_obj.close()
     for b in report.bad_lines:
-        err.print(f"[yellow]skipped[/] {b}")
+        print_warning("skipped", str(b))
     acc = "no gold answers" if report.acceptance is None else f"{report.accepted}/{report.judged} accepted ({report.acceptance:.1%})"
     out.print(f"{report.written} traces written to {cfg.out}, {report.skipped} already there, {report.failed} failed; "
-              f"{acc}; {report.completion_tokens} tokens in {report.wall_s:.1f}s")
+              f"{acc}; {report.completion_tokens} tokens in {report.wall_s:.1f}s", markup=False)
     if report.failed:
         for e in report.errors[:3]:
-            err.print(f"[red]failed[/] {e}")
-        err.print(f"[bold red]error:[/] {report.failed} samples failed; run the same command again to retry them")
+            print_warning("failed", str(e))
+        print_error(f"{report.failed} samples failed; run the same command again to retry them")
         raise typer.Exit(1)
 
 # -- import --------------------------------------------------------------------------------------------------
 
 
-@distill_app.command("import")
-@_handles_errors
+@app.command("import")
+@handles_errors
 def distill_import(
     src: Path = typer.Argument(..., help="JSONL to convert: GSM8K or MATH solutions, R1-style think/final traces, ShareGPT conversations or messages."),
     out_path: Path = typer.Option(..., "-o", "--out", help="Trace JSONL to write (atomically)."),
@@ -106,11 +99,12 @@ def distill_import(
     traces keep their thinking, and an unclosed think block marks a trace truncated. Lines that cannot be
     converted are reported with their line numbers and skipped.
     """
-    from .distill.importers import import_traces
+    from ..distill.importers import import_traces
 
-    report = import_traces(src, out_path, force=force, **({"fmt": fmt} if fmt is not None else {}))
+    with ProgressView(err, transient=True) as view:
+        report = import_traces(src, out_path, force=force, progress=view, **({"fmt": fmt} if fmt is not None else {}))
     for b in report.bad:
-        err.print(f"[yellow]skipped[/] {b}")
+        print_warning("skipped", str(b))
     shapes = ", ".join(f"{n} {shape}" for shape, n in report.formats.items())
     out.print(f"wrote {report.written} traces ({shapes}) to {report.out}: {report.closed} closed, "
               f"{report.with_gold} with a gold answer; {len(report.bad)} of {report.lines} lines skipped")
@@ -118,8 +112,8 @@ def distill_import(
 # -- filter --------------------------------------------------------------------------------------------------
 
 
-@distill_app.command("filter")
-@_handles_errors
+@app.command("filter")
+@handles_errors
 def distill_filter(
     traces: list[Path] = typer.Argument(..., help="dca trace files (from dca distill generate or import)."),
     out_path: Path = typer.Option(..., "-o", "--out", help="messages JSONL of the kept traces, thinking inside the assistant turn."),
@@ -127,12 +121,12 @@ def distill_filter(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Drop traces whose thinking + answer is longer \\[default: no limit]."),
     max_per_question: Optional[int] = typer.Option(None, "--max-per-question", help="Keep at most K traces per question id \\[default: all]."),
     prefer_shorter: Optional[bool] = typer.Option(None, "--prefer-shorter/--input-order", help="Which traces win duplicates and the per-question cap \\[default: input order]."),
-    near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold", help="MinHash Jaccard over word 5-grams at or above which a trace is a near duplicate \\[default: 0.9]."),
-    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help="Highest fraction of repeated word 4-grams kept \\[default: 0.5]."),
+    near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold", help=with_default("MinHash Jaccard over word 5-grams at or above which a trace is a near duplicate.", FilterConfig, "near_dup_threshold")),
+    max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=with_default("Highest fraction of repeated word 4-grams kept.", FilterConfig, "max_repetition")),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Report directory \\[default: OUT with the suffix .report]."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer (name or directory) to count tokens \\[default: an approximation]."),
     force: bool = typer.Option(False, "--force", help="Overwrite -o/--out and the report files."),
-    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of FilterConfig settings (flags override it)."),
+    config_path: Optional[Path] = config_option("FilterConfig"),
 ):
     """Keep the traces worth training on: correct, complete, not too long, not repetitive, not duplicated, not contaminated.
 
@@ -141,35 +135,23 @@ def distill_filter(
     per_question_cap. Writes OUT and, in the report directory, verdicts.jsonl, report.json, lengths.png and
     config.json.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from .config import load_config
-    from .distill.filter import REASONS, FilterConfig, filter_traces
+    from ..config import load_config
+    from ..distill.filter import REASONS, FilterConfig, filter_traces
 
     given = {"decontaminate": decontaminate or None, "max_tokens": max_tokens, "max_per_question": max_per_question,
              "prefer_shorter": prefer_shorter, "near_dup_threshold": near_dup_threshold, "max_repetition": max_repetition,
              "report_dir": report_dir, "tokenizer": tokenizer, "force": force or None}
     cfg = load_config(FilterConfig, config_path, traces=traces, out=out_path, **given)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
-    bar_task = bar.add_task("checking", total=None)
-
-    def progress(stage: str, done: int, total: int):
-        bar.start()
-        bar.update(bar_task, description=stage, completed=done, total=total)
-
-    try:
-        report = filter_traces(cfg, progress=progress)
-    finally:
-        bar.stop()
+    with ProgressView(err) as view:
+        report = filter_traces(cfg, progress=view)
     for b in report.bad:
-        err.print(f"[yellow]skipped[/] {b}")
-    table = Table("verdict", "traces")
-    table.add_row("[green]kept[/]", str(report.kept))
+        print_warning("skipped", str(b))
+    t = table("verdict", "traces")
+    t.add_row(Text("kept", style="green"), str(report.kept))
     for reason in REASONS:
         if report.dropped[reason]:
-            table.add_row(reason, str(report.dropped[reason]))
-    out.print(table)
+            t.add_row(reason, str(report.dropped[reason]))
+    print_table(t)
     kept = report.tokens["kept"]
     lengths = f"; kept traces: median {kept['median']:.0f}, max {kept['max']} tokens" if kept["n"] else ""
     out.print(f"kept {report.kept} of {report.total} traces in {report.wall_s:.1f}s{lengths} ({report.token_counter})")
@@ -178,42 +160,42 @@ def distill_filter(
 # -- train ---------------------------------------------------------------------------------------------------
 
 
-@distill_app.command("train")
-@_handles_errors
+@app.command("train")
+@handles_errors
 def distill_train(
     data: Optional[list[Path]] = typer.Argument(None, help="JSONL training data: dca traces, messages, conversations (ShareGPT), prompt/completion or text lines, detected by key."),
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory: config.yaml, manifest.json, metrics.jsonl, loss.png, adapter/, checkpoints/. Re-running the same command continues it."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Base model: HF model directory, GGUF file or name from 'dca models' \\[default: smollm2-135m-instruct]."),
-    method: Optional[str] = typer.Option(None, "--method", help="lora | full \\[default: lora]."),
-    qlora: Optional[bool] = typer.Option(None, "--qlora", help="LoRA on a 4-bit NF4 base (CUDA, bitsandbytes: pip install 'dca[qlora]')."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Adapter rank \\[default: 16]."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="Adapter scale numerator; updates are scaled by alpha/r \\[default: 32]."),
-    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="Dropout on the adapter's input \\[default: 0.05]."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=with_default("Base model: HF model directory, GGUF file or name from 'dca models'.", TrainConfig, "model")),
+    method: Optional[str] = typer.Option(None, "--method", help=with_default("lora | full.", TrainConfig, "method")),
+    qlora: Optional[bool] = typer.Option(None, "--qlora", help=escape("LoRA on a 4-bit NF4 base (CUDA, bitsandbytes: pip install 'dca[qlora]').")),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help=with_default("Adapter rank.", TrainConfig, "lora_r")),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help=with_default("Adapter scale numerator; updates are scaled by alpha/r.", TrainConfig, "lora_alpha")),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help=with_default("Dropout on the adapter's input.", TrainConfig, "lora_dropout")),
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated linear layers to adapt, or all-linear \\[default: q,k,v,o,gate,up,down projections]."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per row; longer examples are cut \\[default: 1024]."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=with_default("Tokens per row; longer examples are cut.", TrainConfig, "seq_len")),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row, attention kept within each \\[default: packing]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per micro-batch \\[default: 4]."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step \\[default: 1]."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data \\[default: 1]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=with_default("Rows per micro-batch.", TrainConfig, "batch_size")),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help=with_default("Micro-batches per optimizer step.", TrainConfig, "grad_accum")),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help=with_default("Passes over the data.", TrainConfig, "epochs")),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate \\[default: 2e-4 lora, 2e-5 full]."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | linear | constant, after warmup \\[default: cosine]."),
-    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Fraction of steps of linear warmup \\[default: 0.03]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay \\[default: 0]."),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Gradient clipping norm; 0 disables \\[default: 1]."),
-    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Fraction of question ids held out for the eval loss \\[default: 0.05]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help=with_default("cosine | linear | constant, after warmup.", TrainConfig, "schedule")),
+    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help=with_default("Fraction of steps of linear warmup.", TrainConfig, "warmup_ratio")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=with_default("AdamW weight decay.", TrainConfig, "weight_decay")),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help=with_default("Gradient clipping norm; 0 disables.", TrainConfig, "max_grad_norm")),
+    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help=with_default("Fraction of question ids held out for the eval loss.", TrainConfig, "eval_fraction")),
     eval_data: Optional[list[Path]] = typer.Option(None, "--eval-data", help="JSONL for the eval loss instead of a held-out split; repeatable."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Eval loss every N steps \\[default: at each checkpoint and the end]."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps \\[default: 50]."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=with_default("Checkpoint every N steps.", TrainConfig, "save_every")),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn for chat examples without one \\[default: none]."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="Jinja chat template file replacing the tokenizer's."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) has it, else fp32]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N \\[default: auto]."),
+    device: Optional[str] = typer.Option(None, "--device", help=with_default("auto | cpu | cuda | cuda:N.", TrainConfig, "device")),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the adapter init, split, data order and dropout \\[default: 0]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Seed of the adapter init, split, data order and dropout.", TrainConfig, "seed")),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o/--out-dir from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete the run files in -o/--out-dir and start over."),
-    config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML file of TrainConfig settings (flags override it)."),
+    config_path: Optional[Path] = config_option("TrainConfig"),
 ):
     """Fine-tune a small model on reasoning traces (SFT): LoRA, QLoRA or full, loss on assistant tokens only.
 
@@ -222,10 +204,8 @@ def distill_train(
     running the same command again continues from the last one. RUN/config.yaml holds the settings:
     dca distill train -c RUN/config.yaml repeats the run. Export the result with: dca quant export RUN
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .config import load_config
-    from .distill.train import TrainConfig, train
+    from ..config import load_config
+    from ..distill.train import TrainConfig, train
 
     given = {"model": model, "method": method, "qlora": qlora, "lora_r": lora_r, "lora_alpha": lora_alpha,
              "lora_dropout": lora_dropout, "target_modules": target_modules, "seq_len": seq_len, "packing": packing,
@@ -237,51 +217,36 @@ def distill_train(
              "gradient_checkpointing": gradient_checkpointing, "seed": seed, "resume": resume or None,
              "force": force or None}
     cfg = load_config(TrainConfig, config_path, data=data or None, out_dir=out_dir, **given)
-    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                   TextColumn("loss {task.fields[loss]}"), TextColumn("eval {task.fields[eval]}"),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
-                   console=err)
-    bar_task = bar.add_task("train", total=None, loss="-", eval="-", rate="", eta="-")
-
-    def progress(p):
-        bar.start()  # on the first call: the model is loaded and the data prepared
-        eta = "-" if p.eta_s is None else f"{int(p.eta_s // 3600)}:{int(p.eta_s % 3600 // 60):02d}:{int(p.eta_s % 60):02d}"
-        bar.update(bar_task, completed=p.step, total=p.total_steps, eta=eta,
-                   loss="-" if p.loss is None else f"{p.loss:.4f}",
-                   eval="-" if p.eval_loss is None else f"{p.eval_loss:.4f}",
-                   rate="" if p.tokens_per_s is None else f"{p.tokens_per_s:,.0f} tok/s")
-
     try:
-        result = train(cfg, progress=progress)
+        with ProgressView(err) as view:
+            result = train(cfg, progress=view)
     except KeyboardInterrupt:
-        bar.stop()
-        err.print(f"[yellow]interrupted[/]: a checkpoint is in {cfg.out_dir / 'checkpoints'}; run the same command "
-                  "to continue")
+        print_warning("interrupted:", f"the last finished step is checkpointed in {cfg.out_dir / 'checkpoints'}; "
+                                      "run the same command to continue")
         raise typer.Exit(130) from None
-    finally:
-        bar.stop()
     for b in result.bad:
-        err.print(f"[yellow]skipped[/] {b}")
+        print_warning("skipped", str(b))
     if result.already_complete:
-        out.print(f"{result.run_dir} is complete ({result.steps}/{result.total_steps} steps); --force starts it over")
+        out.print(f"{result.run_dir} is complete ({result.steps}/{result.total_steps} steps); --force starts it over",
+                  markup=False)
     else:
         s = result.stats
         resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
         out.print(f"{s['train_examples']} train / {s['eval_examples']} eval examples in {s['train_rows']} rows "
                   f"({s['fill']:.0%} filled, {s['truncated']} truncated); {result.trainable_params:,} of "
-                  f"{result.total_params:,} parameters trained{resumed}")
+                  f"{result.total_params:,} parameters trained{resumed}", markup=False)
     ev = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
     loss = (f"loss {result.first_loss:.4f} -> {result.loss:.4f}{ev}; "
             if result.first_loss is not None and result.loss is not None else "")
     rate = f"{result.tokens_per_s:,.0f} tok/s; " if result.tokens_per_s else ""
-    out.print(f"{result.steps}/{result.total_steps} steps, {loss}{rate}{result.train_seconds:.1f}s training")
-    out.print(f"wrote {result.output}; export it with: dca quant export {result.run_dir}")
+    out.print(f"{result.steps}/{result.total_steps} steps, {loss}{rate}{result.train_seconds:.1f}s training", markup=False)
+    out.print(f"wrote {result.output}; export it with: dca quant export {result.run_dir}", markup=False)
 
 # -- run -----------------------------------------------------------------------------------------------------
 
 
-@distill_app.command("run")
-@_handles_errors
+@app.command("run")
+@handles_errors
 def distill_run(
     config_path: Path = typer.Argument(..., help="YAML file: out_dir and one section per stage (import_traces or generate, filter, train, export, quantize, eval)."),
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Directory of every stage's output (overrides out_dir in the file)."),
@@ -292,44 +257,14 @@ def distill_run(
     A stage whose inputs and settings are unchanged since it last finished is skipped (STAGE.stamp.json beside
     its output records the hash); an interrupted stage continues where it stopped when the command is run again.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from .config import load_config
-    from .distill.pipeline import PipelineConfig, run_pipeline
-    from .distill.train import TrainProgress
+    from ..config import load_config
+    from ..pipeline import PipelineConfig, run_pipeline
 
     cfg = load_config(PipelineConfig, config_path, out_dir=out_dir, force=force or None)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), console=err, transient=True)
-    bar_task = bar.add_task("", total=None, info="")
-
-    def progress(stage, event):
-        if event in ("start", "skip", "done"):
-            if event == "start":
-                bar.start()
-                bar.update(bar_task, description=stage, completed=0, total=None, info="")
-            elif event == "skip":
-                err.print(f"[dim]{stage}: up to date, skipped[/]")
-            return
-        if isinstance(event, TrainProgress):
-            info = "" if event.loss is None else f"loss {event.loss:.4f}" + (
-                f"  {event.tokens_per_s:,.0f} tok/s" if event.tokens_per_s else "")
-            bar.update(bar_task, completed=event.step, total=event.total_steps, info=info)
-        elif isinstance(event, tuple) and len(event) == 3:  # eval: (done, total, accuracy)
-            done, total, acc = event
-            bar.update(bar_task, completed=done, total=total, info="" if acc is None else f"accuracy {acc:.1%}")
-        elif isinstance(event, str):
-            bar.update(bar_task, info=event)
-        elif hasattr(event, "done") and hasattr(event, "total"):
-            bar.update(bar_task, completed=event.done, total=event.total)
-
-    try:
-        report = run_pipeline(cfg, progress=progress)
-    finally:
-        bar.stop()
-    table = Table("stage", "action", "seconds", "result")
+    with ProgressView(err, transient=True) as view:
+        report = run_pipeline(cfg, progress=view)
+    t = table("stage", "action", "seconds", "result")
     for s in report.stages:
-        table.add_row(s.stage, s.action, f"{s.seconds:.1f}", s.summary)
-    out.print(table)
-    out.print(f"outputs in {report.out_dir}")
+        t.add_row(s.stage, s.action, f"{s.seconds:.1f}", s.summary)
+    print_table(t)
+    out.print(f"outputs in {report.out_dir}", markup=False)

@@ -1,0 +1,53 @@
+"""Self-consistency (Wang et al. 2022, "Self-Consistency Improves Chain of Thought Reasoning in Language
+Models"): k completions sampled in parallel from one prompt evaluation, a vote over their final answers."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from ...errors import ConfigError
+from ...thinking import split_thinking
+from ...voting import vote
+from ..types import Sample, StreamChunk
+from . import NO_PASSAGES, Generation, Outcome, register_strategy
+
+
+@register_strategy("self_consistency")
+class SelfConsistency:
+    """Sample k = ``samples`` completions (thinking included) at ``sample_temperature``, extract each final
+    answer (:func:`dca.grading.extract_answer`), vote (``vote``: majority or logprob), and answer with the most
+    confident sample of the winning cluster, yielded whole."""
+
+    def split(self, gen: Generation, completion: str) -> tuple[str, str]:
+        """(thinking, answer) of a sampled completion, which began inside the thinking phase when there is one."""
+        if not gen.thinking:
+            return "", completion.strip()
+        tagged = gen.llm.think_tags is not None
+        # a tagged model cut off before closing has no answer; a scaffolded one answered in its reasoning
+        thinking, answer, _ = split_thinking(completion, tags=gen.think_tags, started=tagged)
+        return thinking, answer
+
+    def run(self, gen: Generation) -> Generator[StreamChunk, None, Outcome]:
+        from ...grading import extract_answer, is_equivalent
+
+        cfg = gen.config
+        if not gen.llm.can_sample:
+            raise ConfigError(f"--samples {cfg.samples} needs a model that samples in parallel (a GGUF); "
+                              f"{gen.llm.name} cannot")
+        completions = gen.llm.sample(gen.prompt, n=cfg.samples, max_tokens=gen.token_budget,
+                                     temperature=cfg.sample_temperature, repeat_penalty=cfg.repeat_penalty,
+                                     stop=NO_PASSAGES, seed=cfg.seed, cancel=gen.cancel)
+        parts = [self.split(gen, c.text) for c in completions]
+        samples = tuple(Sample(a, t, extract_answer(a) if a else None, c.mean_logprob, c.tokens)
+                        for (t, a), c in zip(parts, completions))
+        votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples], weighted=cfg.vote == "logprob")
+        if votes:
+            pool = [s for s in samples if s.answer is not None and is_equivalent(s.answer, votes[0].answer)]
+        else:
+            pool = list(samples)
+        pick = max(pool, key=lambda s: s.mean_logprob)
+        if pick.thinking:
+            yield StreamChunk("thinking", text=pick.thinking)
+        yield StreamChunk("answer", text=pick.text)
+        return Outcome(text=pick.text.strip(), thinking=pick.thinking.strip(), samples=samples, votes=votes,
+                       generated_tokens=sum(s.tokens for s in samples), streamed=False)

@@ -1,0 +1,43 @@
+"""The ``dca`` command line: a thin Typer layer over the library (it owns printing and exit codes).
+
+One module per command group: :mod:`.models`, :mod:`.rag`, :mod:`.chat` (``chat``, ``demo``), :mod:`.eval`,
+:mod:`.distill`, :mod:`.quant`; shared consoles and error handling in :mod:`.common`, option groups in
+:mod:`.options`, the one progress renderer in :mod:`.progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from . import chat, distill, eval, models, quant, rag
+
+app = typer.Typer(help="dca: small local language models composed with a RAG store and a thinking phase, offline.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(rag.app, name="rag")
+app.add_typer(models.app, name="models")
+app.command()(chat.chat)
+app.command()(chat.demo)
+app.add_typer(eval.app, name="eval")
+app.add_typer(distill.app, name="distill")
+app.add_typer(quant.app, name="quant")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # dca calls math-verify without its signal-based timeout (it must work off the main thread); its
+    # warning about that on every comparison is noise for the user.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # The CLI owns the terminal: no progress bars or info chatter from Hugging Face libraries.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

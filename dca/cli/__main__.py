@@ -1,0 +1,5 @@
+"""``python -m dca.cli``: the ``dca`` command."""
+
+from . import main
+
+main()

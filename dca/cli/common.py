@@ -1,0 +1,85 @@
+"""What every ``dca`` command module shares: the consoles, the typed-error handler, tables, and paths.
+
+The CLI owns printing. Messages are printed as text, never as rich markup (a path or an install hint such as
+``dca[qlora]`` keeps its brackets), and never hard-wrapped: a long line is left for the terminal to fold, so a
+sentence or a command to copy is not broken at 80 columns in a log. Tables keep every cell whole: in a
+terminal a column too wide folds inside its cell; in a pipe or a log the table takes the width it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.measure import Measurement
+from rich.segment import Segment, Segments
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import DcaError
+
+# soft_wrap: print() never inserts line breaks of its own (rich's default would break at the console width).
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str, *, code: str = "error") -> None:
+    """``error: MESSAGE`` on stderr, the message verbatim (no markup), on one line."""
+    err.print(Text.assemble((f"{code}:", "bold red"), " ", message))
+
+
+def print_warning(label: str, message: str) -> None:
+    """``LABEL MESSAGE`` on stderr (``skipped``, ``warning``...), the message verbatim."""
+    err.print(Text.assemble((label, "yellow"), " ", message))
+
+
+def handles_errors(fn):
+    """Turn dca's typed errors into a one-line message and exit code 1 (Ctrl-C: 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DcaError as e:
+            print_error(str(e))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print(Text("interrupted", style="yellow"))
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def table(*headers: str, **kwargs) -> Table:
+    """A table whose cells fold instead of being cut with an ellipsis (see :func:`print_table`)."""
+    t = Table(**kwargs)
+    for h in headers:
+        t.add_column(h, overflow="fold")
+    return t
+
+
+def print_table(t: Table, console: Console = out) -> None:
+    """Print ``t`` whole: at its natural width when the output is not a terminal (a log or a pipe: nothing is
+    cut or folded however narrow ``COLUMNS`` is), folded into the terminal's width otherwise."""
+    if console.is_terminal:
+        console.print(t)
+        return
+    width = Measurement.get(console, console.options.update_width(10_000), t).maximum
+    for line in console.render_lines(t, console.options.update_width(width), pad=False):
+        console.print(Segments([*line, Segment.line()]), soft_wrap=True, end="")  # neither wrapped nor cropped
+
+
+def default_store_dir(store_dir: Path | None) -> Path:
+    """``--store-dir``, or ``$DCA_HOME/store``."""
+    from ..paths import dca_home
+
+    return store_dir if store_dir is not None else dca_home() / "store"
+
+
+def embedder(path: Path | None):
+    """The sentence-transformers embedder at ``path`` (``--embedder``), or the bundled one."""
+    from ..rag import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(path)

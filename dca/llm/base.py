@@ -1,0 +1,115 @@
+"""The :class:`LLM` protocol that dca composes with retrieval and test-time compute, with capability flags.
+
+Every model offers ``render``, ``count_tokens`` and streaming ``generate``. What only some models can do is
+declared by class attributes (as simonw/llm's ``Model.supports_*``), not guessed with ``hasattr``:
+
+``can_sample``
+    :meth:`LLM.sample`: k completions that share one prompt evaluation (self-consistency, best-of-N).
+``can_score``
+    :meth:`LLM.score`: the log-probability of given continuations as the whole answer (quote mode,
+    verifiers that judge by likelihood).
+
+A class that subclasses :class:`LLM` inherits the defaults (no capability; ``reset`` and ``close`` do nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation (:meth:`LLM.sample`).
+
+    Attributes:
+        text: the decoded text, without the stop string that ended it.
+        tokens: number of tokens generated.
+        mean_logprob: mean natural-log probability of the generated tokens under the model (temperature 1),
+            the confidence used by weighted voting; 0.0 when no token was generated.
+        finish: ``"stop"`` (end of generation or a stop string), ``"length"`` (max_tokens) or ``"cancelled"``.
+    """
+
+    text: str
+    tokens: int
+    mean_logprob: float
+    finish: str
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model.
+
+    Attributes:
+        name: shown in stats and ``dca models``.
+        context_length: the context window in tokens.
+        think_tags: the model's own reasoning delimiters, e.g. ``("<think>", "</think>")``, or None when
+            the model has none (dca then uses a step-by-step scaffold).
+        can_sample: :meth:`sample` is implemented.
+        can_score: :meth:`score` is implemented.
+    """
+
+    name: str
+    context_length: int
+    think_tags: tuple[str, str] | None = None
+    can_sample: ClassVar[bool] = False
+    can_score: ClassVar[bool] = False
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """Render ``[{"role", "content"}, ...]`` with the model's chat template, ending in an open assistant turn."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (special tokens parsed, no BOS added)."""
+        ...
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
+        repeat_penalty: float = 1.0,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
+        """Continue ``prompt``, yielding text pieces as they are decoded.
+
+        Stops at end of generation, at the first of ``stop`` (not yielded), after ``max_tokens`` tokens,
+        or as soon as ``cancel()`` returns True. ``temperature=0`` is greedy decoding; ``repeat_penalty``
+        > 1 divides the logits of recently generated tokens (CTRL, Keskar et al. 2019), 1.0 is off.
+        """
+        ...
+
+    def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
+               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
+        """Sample ``n`` completions of ``prompt`` that share one prompt evaluation (``can_sample``);
+        ``repeat_penalty`` as in :meth:`generate`.
+
+        Raises:
+            NotImplementedError: the model cannot (``can_sample`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot sample in parallel (can_sample is False)")
+
+    def score(self, prompt: str, continuations: Sequence[str], *,
+              cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
+        """Log-probability of each continuation as the whole answer after ``prompt``, end of turn included
+        (``can_score``).
+
+        Returns:
+            (float64 array of shape (len(continuations),), natural log, -inf where cancelled; tokens decoded).
+
+        Raises:
+            NotImplementedError: the model cannot (``can_score`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations (can_score is False)")
+
+    def reset(self) -> None:
+        """Forget evaluated tokens (a cached prompt prefix), so the next output does not depend on earlier calls;
+        a model without such a cache does nothing."""
+
+    def close(self) -> None:
+        """Free the model's memory now rather than at garbage collection; a model holding none does nothing."""

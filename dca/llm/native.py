@@ -1,0 +1,217 @@
+"""The one module that reaches past llama-cpp-python's ``Llama`` class: its low-level C bindings and private
+attributes (``llama._model``, ``llama_cpp._internals``, ``llama_cpp._logger``). An upgrade of llama-cpp-python
+that moves them has this file to mend and no other.
+
+What is here: a :class:`SequenceContext` (a second llama.cpp context on a loaded model's weights, decoding
+several sequences per batch with shared prompt cells, as llama.cpp's ``parallel`` and ``batched`` examples
+do), the model facts the ``Llama`` class does not expose (:func:`n_ctx_train`, :func:`adds_bos`), and the
+quantizer (:func:`quantize_model`, llama.cpp's ``llama_model_quantize`` with its log sent to :mod:`logging`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import missing
+
+log = logging.getLogger(__name__)
+
+
+def import_llama_cpp():
+    """``llama_cpp``, or :class:`~dca.errors.MissingDependencyError` with the install hint."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise missing("llama_cpp (llama-cpp-python)", "chat") from e
+    return llama_cpp
+
+
+def n_ctx_train(llama) -> int:
+    """The context length the model was trained with (tokens), from a loaded ``llama_cpp.Llama``."""
+    return llama._model.n_ctx_train()
+
+
+def adds_bos(llama) -> bool:
+    """Whether llama.cpp prepends the BOS token itself when tokenizing for this model."""
+    return bool(llama._model.add_bos_token())
+
+
+class SequenceContext:
+    """A fresh llama.cpp context on the weights of a loaded ``llama_cpp.Llama``, for decoding several
+    sequences in one batch.
+
+    The context copies the ``Llama``'s own settings (threads, attention kernel, KV cache types), so a
+    sequence decoded here gives the logits the ``Llama`` itself would.
+
+    Args:
+        llama: the loaded model (its own context is untouched).
+        n_ctx: KV cells in all (tokens over all sequences).
+        n_batch: most tokens decoded per batch (also the micro-batch size).
+        n_seq: sequences, ids 0..n_seq-1.
+        unified_kv: one KV stream shared by all sequences (prompt cells stored once) instead of one stream
+            per sequence (each token attends over its own sequence's cells only: cheaper decode steps).
+
+    Raises:
+        RuntimeError: llama.cpp failed to allocate the context.
+    """
+
+    def __init__(self, llama, *, n_ctx: int, n_batch: int, n_seq: int, unified_kv: bool):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._lib = llama_cpp
+        params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = unified_kv
+        self.n_batch = n_batch
+        self.n_vocab = llama.n_vocab()
+        self._vocab = llama._model.vocab
+        self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+
+    def close(self) -> None:
+        """Free the batch and the context."""
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+            self._ctx.close()
+
+    def __enter__(self) -> SequenceContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the last decoded batch."""
+        return self._batch.n_tokens
+
+    def _run(self) -> None:
+        rc = self._lib.llama_decode(self._ctx.ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} (context full or out of memory)")
+
+    def decode_prompt(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> None:
+        """Decode ``tokens`` at positions 0.. in ``n_batch`` chunks, each token in every sequence of ``seq_ids``
+        (shared KV cells); logits are kept for the last token only (:meth:`last_logits`)."""
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            batch.n_tokens = len(part)
+            for i, tok in enumerate(part):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = len(seq_ids)
+                for j, s in enumerate(seq_ids):
+                    batch.seq_id[i][j] = s
+                batch.logits[i] = start + i == len(tokens) - 1
+            self._run()
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int]) -> None:
+        """Decode one batch: token ``tokens[i]`` at ``positions[i]`` of sequence ``seq_ids[i]``, with logits
+        for every row (:meth:`logits`, rows in this order)."""
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, (tok, pos, seq) in enumerate(zip(tokens, positions, seq_ids)):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = True
+        self._run()
+
+    def last_logits(self) -> np.ndarray:
+        """The logits of the last token of the last batch: a float32 view of shape (n_vocab,), valid until the
+        next decode."""
+        row = self._lib.llama_get_logits_ith(self._ctx.ctx, self._batch.n_tokens - 1)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
+
+    def logits(self) -> np.ndarray:
+        """The logits of every row of the last :meth:`decode`: a float32 view of shape (n_tokens, n_vocab),
+        valid until the next decode."""
+        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx.ctx), shape=(self._batch.n_tokens,
+                                                                                       self.n_vocab))
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence ``dst`` share every cell of sequence ``src`` (a prompt decoded once)."""
+        self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
+    def truncate_sequence(self, seq: int, start: int) -> None:
+        """Drop the cells of sequence ``seq`` from position ``start`` on."""
+        self._lib.llama_memory_seq_rm(self._memory, seq, start, -1)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS, end of turn...)."""
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+
+_LOG_CALLBACK = None  # kept referenced while llama.cpp holds the C function pointer
+_LOG_ERRORS: list[str] = []  # llama.cpp's error lines during the last quantize_model call
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+
+
+def _log_callback():
+    """A llama.cpp log callback sending its lines to :mod:`logging` at DEBUG, and errors to ``_LOG_ERRORS``."""
+    global _LOG_CALLBACK
+    import llama_cpp
+
+    if _LOG_CALLBACK is None:
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data) -> None:
+            line = text.decode("utf-8", errors="replace").rstrip()
+            if level == GGML_LOG_LEVEL_ERROR:
+                _LOG_ERRORS.append(line)
+            if line:
+                log.debug("llama.cpp: %s", line)
+
+        _LOG_CALLBACK = callback
+    return _LOG_CALLBACK
+
+
+def quantize_model(src: Path, dst: Path, ftype: int, *, threads: int | None = None,
+                   token_embedding_type: int | None = None, output_tensor_type: int | None = None) -> list[str]:
+    """Run llama.cpp's quantizer (``llama_model_quantize``) from ``src`` to ``dst``.
+
+    Args:
+        ftype: the ``LLAMA_FTYPE_*`` value of the target type.
+        threads: quantizer threads; None uses one per hardware thread.
+        token_embedding_type, output_tensor_type: ``GGML_TYPE_*`` values overriding llama.cpp's choice for
+            ``token_embd.weight`` and ``output.weight``, or None.
+
+    Returns:
+        llama.cpp's error lines when it failed (the quantizer's log goes to :mod:`logging` at DEBUG meanwhile,
+        not to stderr); an empty list on success.
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is not installed.
+        OSError: a C++ exception surfaced through ctypes (some builds).
+    """
+    llama_cpp = import_llama_cpp()
+    from llama_cpp import _logger
+
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or 0
+    if token_embedding_type is not None:
+        params.token_embedding_type = token_embedding_type
+    if output_tensor_type is not None:
+        params.output_tensor_type = output_tensor_type
+    _LOG_ERRORS.clear()
+    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    if rc == 0:
+        return []
+    return list(_LOG_ERRORS) or ["no message; check free disk space"]
