@@ -1,6 +1,6 @@
 """Cost of self-consistency: wall time of k samples as a ratio to 1 sample on the same question.
 
-Both use :func:`dca.sampling.sample_parallel` (k sequences sharing one prompt evaluation) on the bundled
+Both use :func:`dca.llm.sampling.sample_parallel` (k sequences sharing one prompt evaluation) on the bundled
 SmolLM2-135M GGUF (or ``-m MODEL``), with the GSM8K prompt that ``dca eval`` uses, the same max_tokens and seed,
 alternating 1 and k per question; the median over questions of the per-question ratio is the headline (target for
 k = 8: <= 4), with the ratio of the median wall times and the time per generated token beside it.

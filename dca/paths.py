@@ -43,8 +43,8 @@ def temporary_sibling(path: Path, tag: str = "") -> Path:
 
 
 def fsync_path(path: Path) -> None:
-    """Flush a file's (or a directory entry's) data to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's data to disk (through a writable descriptor, which Windows requires)."""
+    fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
     finally:
@@ -68,9 +68,12 @@ def atomic_path(final: str | Path, *, tag: str = "", sync: bool = True) -> Itera
         tag: a suffix for the temporary name, for several temporaries of one target at once.
         sync: fsync a temporary file before the rename (directories are renamed as they are).
 
+    An existing directory ``final`` is deleted just before the rename (a directory cannot be renamed over a
+    non-empty one), so only that instant is not atomic: a crash there leaves ``final`` absent and the complete
+    new version under its temporary name.
+
     Raises:
-        OSError: the rename failed (a directory ``final`` is replaced only when it is empty or absent,
-            so callers remove an old directory first).
+        OSError: writing or the rename failed; ``final`` is then as it was (see above for a directory).
     """
     final = Path(final)
     tmp = temporary_sibling(final, tag)

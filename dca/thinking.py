@@ -67,5 +67,14 @@ def split_thinking(text: str, *, tags: tuple[str, str] = THINK_TAGS, started: bo
 
 
 def strip_thinking(text: str) -> str:
-    """The answer part of ``text`` (:func:`split_thinking`): "" for a think block that was never closed."""
-    return split_thinking(text).answer
+    """What a grader reads of ``text``: the text after the last closing tag, ``""`` when the thinking was never
+    closed (:func:`split_thinking`'s ``closed``: a truncated output has no answer), ``text`` when it has no tag.
+
+    Unlike :func:`split_thinking`'s answer, text written before an opening tag is not kept: a final answer
+    follows the thinking.
+    """
+    split = split_thinking(text)
+    if not split.closed:
+        return ""
+    end = text.rfind(THINK_CLOSE)
+    return text[end + len(THINK_CLOSE):].strip() if end != -1 else split.answer

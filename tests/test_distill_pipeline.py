@@ -173,3 +173,17 @@ def test_run_command(tiny, gsm8k, tmp_path):
     assert "export" in result.output and (tmp_path / "cli" / "model.F32.gguf").is_file()
     result = runner.invoke(app, ["distill", "run", str(path), "-o", str(tmp_path / "cli")])
     assert result.exit_code == 0 and result.output.count("skipped") >= 4
+
+
+def test_an_eval_stage_hashes_the_settings_chains_made_before_the_assistant_settings_moved(tmp_path):
+    from dca.eval import EvalConfig
+
+    data = tmp_path / "g.jsonl"
+    data.write_text('{"question": "q", "answer": "#### 1"}\n')
+    cfg = EvalConfig(task="gsm8k", data=data, model="m.gguf", out_dir=tmp_path / "eval", limit=5, max_tokens=64)
+    # the fields EvalConfig had until its assistant settings were declared once: a stamp of that time still matches
+    assert cfg.settings() == {
+        "task": "gsm8k", "data": data, "limit": 5, "model": "m.gguf", "store_dir": None, "effort": None, "samples": 1,
+        "out_dir": tmp_path / "eval", "think": None, "thinking_budget": None, "max_tokens": 64, "temperature": None,
+        "sample_temperature": None, "top_k": None, "repeat_penalty": None, "context_sentences": None, "quote": None}
+    assert EvalConfig(task="gsm8k", data=data, vote="logprob").settings()["vote"] == "logprob"  # newer ones added

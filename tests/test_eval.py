@@ -370,7 +370,7 @@ def test_maj_at_k_and_pass_at_k_from_samples_and_votes(tmp_path):
     answer = SimpleNamespace(text="\\boxed{5}", samples=samples[1:], votes=())
     assert score_answer("gsm8k", item, answer, 4)["scores"] == {"accuracy": 0, "maj@4": 0, "pass@1": 0.25, "pass@4": 1.0}
     # an answer without samples counts as one sample
-    assert score_answer("gsm8k", item, SimpleNamespace(text="\\boxed{4}"), 3)["scores"] == \
+    assert score_answer("gsm8k", item, SimpleNamespace(text="\\boxed{4}", samples=(), votes=()), 3)["scores"] == \
         {"accuracy": 1, "maj@3": 1, "pass@1": 1.0, "pass@3": 1.0}
 
 

@@ -87,3 +87,20 @@ def test_a_model_without_a_capability_gets_a_clear_error(scripted_llm, tmp_path,
         Assistant(Plain(), None, samples=4).ask("q")
     with pytest.raises(ConfigError, match="--quote needs a model that can score spans"):
         Assistant(Plain(), store, quote=True, min_similarity=-1.0).ask("Which moon did the probe Vellum reach?")
+
+
+def test_a_model_object_missing_a_protocol_method_is_refused_by_name():
+    class Duck:  # the protocol by shape, without reset and close
+        name, context_length, think_tags = "duck", 4096, None
+
+        def render(self, messages):
+            return ""
+
+        def count_tokens(self, text):
+            return 0
+
+        def generate(self, prompt, **kwargs):
+            yield "quack"
+
+    with pytest.raises(ConfigError, match="Duck is not a dca.llm.LLM: it has no reset, close"):
+        Assistant(Duck(), None)

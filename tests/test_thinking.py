@@ -32,7 +32,10 @@ def test_split_thinking_with_a_scaffolds_markers():
     assert split_thinking("The answer is 7.", tags=tags) == ("", "The answer is 7.", True)  # answered in its reasoning
 
 
-def test_strip_thinking():
+def test_strip_thinking_gives_a_grader_the_text_after_the_last_block():
     assert strip_thinking("<think>a</think>b<think>c</think> d") == "d"
     assert strip_thinking("<think>unfinished") == ""
+    assert strip_thinking("Hmm, 5. <think>unfinished") == ""  # truncated: no answer, whatever came before
+    assert strip_thinking("Hmm, 5. <think>a</think> 7") == "7"  # the answer follows the thinking
+    assert strip_thinking("a</think> 7") == "7"
     assert strip_thinking("plain") == "plain"

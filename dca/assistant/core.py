@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..llm import LLM, load_llm
+from ..llm import LLM, check_llm, load_llm
 from .citations import Source, format_passages, resolve_citations
 from .config import AssistantConfig
 from .strategies import SCAFFOLD_THINK, Generation, Outcome, choose_strategy, get_strategy
@@ -39,7 +39,7 @@ class Assistant:
     Raises:
         ModelError: the model cannot be found or loaded.
         StoreError: the store directory is not a usable store.
-        ConfigError: a setting is out of range.
+        ConfigError: a setting is out of range, or ``model`` lacks a method of the :class:`~dca.llm.LLM` protocol.
     """
 
     def __init__(self, model: LLM | str | Path | None = None, store=None, *, config: AssistantConfig | None = None,
@@ -49,7 +49,7 @@ class Assistant:
         self.config = replace(config or AssistantConfig(), **overrides)
         if model is None or isinstance(model, (str, Path)):
             model = load_llm(model, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL))
-        self.llm: LLM = model
+        self.llm: LLM = check_llm(model)
         if isinstance(store, (str, Path)):
             from ..rag import open_store
 

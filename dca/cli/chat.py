@@ -23,12 +23,12 @@ def print_answer_stream(bot, question: str, show_thinking: bool):
             if not in_thinking:
                 out.print(Text("thinking: ", style="dim"), end="")
                 in_thinking = True
-            out.print(chunk.text, end="", style="dim", markup=False)
+            out.print(chunk.text, end="", style="dim")
         elif chunk.kind == "answer":
             if in_thinking:
                 out.print()
                 in_thinking = False
-            out.print(chunk.text, end="", markup=False)
+            out.print(chunk.text, end="")
         elif chunk.kind == "done":
             answer = chunk.answer
     out.print()
@@ -120,7 +120,8 @@ def demo(model: Optional[str] = model_option(),
     write_python_reference_corpus(corpus)
     out.print(Text.assemble(("1. Knowledge", "bold"), f": ingesting the Python language reference ({corpus}) into "
                             f"{store_dir}"))
-    ingest([corpus], store_dir)
+    if ingest([corpus], store_dir).errors:
+        raise typer.Exit(1)
     bot = Assistant(model=model, store=store_dir)
     out.print(Text.assemble(("2. Language", "bold"), f": {bot.llm.name} "
                             f"({'thinking' if bot.thinking else 'no thinking phase'})"))

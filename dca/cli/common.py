@@ -20,7 +20,8 @@ from rich.text import Text
 
 from ..errors import DcaError
 
-# soft_wrap: print() never inserts line breaks of its own (rich's default would break at the console width).
+# markup off: a message is printed as it is (styles come from Text objects); soft_wrap: print() never inserts line
+# breaks of its own (rich's default would break at the console width).
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -75,7 +75,7 @@ def distill_generate(
         print_warning("skipped", str(b))
     acc = "no gold answers" if report.acceptance is None else f"{report.accepted}/{report.judged} accepted ({report.acceptance:.1%})"
     out.print(f"{report.written} traces written to {cfg.out}, {report.skipped} already there, {report.failed} failed; "
-              f"{acc}; {report.completion_tokens} tokens in {report.wall_s:.1f}s", markup=False)
+              f"{acc}; {report.completion_tokens} tokens in {report.wall_s:.1f}s")
     if report.failed:
         for e in report.errors[:3]:
             print_warning("failed", str(e))
@@ -227,20 +227,19 @@ def distill_train(
     for b in result.bad:
         print_warning("skipped", str(b))
     if result.already_complete:
-        out.print(f"{result.run_dir} is complete ({result.steps}/{result.total_steps} steps); --force starts it over",
-                  markup=False)
+        out.print(f"{result.run_dir} is complete ({result.steps}/{result.total_steps} steps); --force starts it over")
     else:
         s = result.stats
         resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
         out.print(f"{s['train_examples']} train / {s['eval_examples']} eval examples in {s['train_rows']} rows "
                   f"({s['fill']:.0%} filled, {s['truncated']} truncated); {result.trainable_params:,} of "
-                  f"{result.total_params:,} parameters trained{resumed}", markup=False)
+                  f"{result.total_params:,} parameters trained{resumed}")
     ev = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
     loss = (f"loss {result.first_loss:.4f} -> {result.loss:.4f}{ev}; "
             if result.first_loss is not None and result.loss is not None else "")
     rate = f"{result.tokens_per_s:,.0f} tok/s; " if result.tokens_per_s else ""
-    out.print(f"{result.steps}/{result.total_steps} steps, {loss}{rate}{result.train_seconds:.1f}s training", markup=False)
-    out.print(f"wrote {result.output}; export it with: dca quant export {result.run_dir}", markup=False)
+    out.print(f"{result.steps}/{result.total_steps} steps, {loss}{rate}{result.train_seconds:.1f}s training")
+    out.print(f"wrote {result.output}; export it with: dca quant export {result.run_dir}")
 
 # -- run -----------------------------------------------------------------------------------------------------
 
@@ -267,4 +266,4 @@ def distill_run(
     for s in report.stages:
         t.add_row(s.stage, s.action, f"{s.seconds:.1f}", s.summary)
     print_table(t)
-    out.print(f"outputs in {report.out_dir}", markup=False)
+    out.print(f"outputs in {report.out_dir}")

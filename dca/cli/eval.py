@@ -63,8 +63,8 @@ def eval_run(
     print_table(t)
     out.print(f"{report.items} items, k = {report.samples}: {report.mean_thinking_tokens:.1f} thinking + "
               f"{report.mean_answer_tokens:.1f} answer tokens per item ({report.mean_generated_tokens:.1f} generated), "
-              f"{report.tokens_per_s:.1f} tok/s, {report.wall_s:.1f}s", markup=False)
-    out.print(f"wrote {cfg.out_dir}: report.json report.md predictions.jsonl config.json", markup=False)
+              f"{report.tokens_per_s:.1f} tok/s, {report.wall_s:.1f}s")
+    out.print(f"wrote {cfg.out_dir}: report.json report.md predictions.jsonl config.json")
 
 
 @app.command("compare")
@@ -90,7 +90,7 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
         interval = "" if r.low is None else f"[{fmt(r.low, pct, '+')}, {fmt(r.high, pct, '+')}]"
         significant = "" if r.significant is None else ("yes" if r.significant else "no")
         t.add_row(r.name, fmt(r.a, pct), fmt(r.b, pct), fmt(r.diff, pct, "+"), interval, significant, r.method or "")
-    out.print(f"A: {a}\nB: {b}", markup=False)
+    out.print(f"A: {a}\nB: {b}")
     print_table(t)
     for note in c.notes:
         out.print(Text(f"note: {note}", style="dim"))

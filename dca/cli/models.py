@@ -33,4 +33,4 @@ def models_add(name: str = typer.Argument(..., help="Name to use with -m/--model
     from ..llm import register_model
 
     entry = register_model(name, path)
-    out.print(f"registered {entry.name} -> {entry.path}", markup=False)
+    out.print(f"registered {entry.name} -> {entry.path}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
 from ..quant import CheckConfig, ExportConfig
 from .common import err, handles_errors, out, print_table, table
@@ -60,8 +61,8 @@ def quant_export(
     s = result.seconds
     out.print(f"wrote {result.path} ({result.qtype}, {_mb(result.size_bytes)}, sha256 {result.sha256[:16]}...) in "
               f"{s['total']:.1f} s: load {s['load']:.1f} s, merge {s['merge']:.1f} s, write {s['write']:.1f} s, "
-              f"quantize {s['quantize']:.1f} s", markup=False)
-    out.print(f"manifest: {result.manifest_path}", markup=False)
+              f"quantize {s['quantize']:.1f} s")
+    out.print(f"manifest: {result.manifest_path}")
 
 
 @app.command("check")
@@ -91,10 +92,10 @@ def quant_check(
     for r in results:
         chat = r.chat_template
         verdict = ("-" if chat.match is None else "same" if chat.match
-                   else f"[red]differ at {chat.first_difference}[/]")
+                   else Text(f"differ at {chat.first_difference}", style="red"))
         t.add_row(r.path.name, r.quant_type, f"{r.size_bytes / 1e6:.1f}", f"{r.top1_agreement:.2%}", f"{r.mean_kl:.4f}",
                       f"{r.perplexity:.2f}", f"{r.reference_perplexity:.2f}", f"{r.eval_tokens_per_s:.0f}",
                       f"{r.decode_tokens_per_s:.1f}", verdict)
     refs = sorted({r.reference for r in results})
-    out.print(f"reference: {', '.join(refs)}; text: {results[0].text}, {results[0].tokens} tokens", markup=False)
+    out.print(f"reference: {', '.join(refs)}; text: {results[0].text}, {results[0].tokens} tokens")
     print_table(t)

@@ -35,7 +35,7 @@ def ingest(paths: list[Path], store_dir: Path | None, *, chunk_tokens: int | Non
     info = store.info()
     out.print(f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
               f"{len(report.errors)} failed; {report.chunks_added} chunks embedded, {report.chunks_reused} reused "
-              f"in {report.seconds:.1f}s. Store {info.path}: {info.files} files, {info.chunks} chunks.", markup=False)
+              f"in {report.seconds:.1f}s. Store {info.path}: {info.files} files, {info.chunks} chunks.")
     return report
 
 
@@ -76,7 +76,7 @@ def rag_search(
         out.print(Text.assemble((f"{rank}.", "bold"), f" score {h.score:.4f}  cosine {h.similarity:.3f}  ",
                                 (h.title, "cyan"), f"  ({h.source})"))
         text = " ".join(h.text.split())
-        out.print(f"   {text[:300]}{'...' if len(text) > 300 else ''}", markup=False)
+        out.print(f"   {text[:300]}{'...' if len(text) > 300 else ''}")
 
 
 @app.command("info")
@@ -108,4 +108,4 @@ def rag_remove(paths: List[Path] = typer.Argument(..., help="Files or directorie
     if not removed:
         print_error(f"none of {', '.join(map(str, paths))} is in the store (see: dca rag info)")
         raise typer.Exit(1)
-    out.print(f"removed {len(removed)} file(s): " + ", ".join(removed), markup=False)
+    out.print(f"removed {len(removed)} file(s): " + ", ".join(removed))

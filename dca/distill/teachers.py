@@ -236,7 +236,9 @@ class LlamaCppTeacher:
     concurrent = False
 
     def __init__(self, llm):
-        self.llm = llm
+        from ..llm import check_llm
+
+        self.llm = check_llm(llm)
         self.name = llm.name
         self.params = {"path": str(getattr(llm, "path", ""))} if getattr(llm, "path", None) else {}
 

@@ -59,6 +59,11 @@ def flag(name: str) -> str | None:
     return "/".join(f.split("/")[0] for f in flags) if flags else None  # "--quote/--no-quote" -> "--quote"
 
 
+# Assistant settings that EvalConfig held as fields of its own before they were declared once (see settings()).
+_FLAT_SETTINGS = ("think", "thinking_budget", "max_tokens", "temperature", "sample_temperature", "top_k",
+                  "repeat_penalty", "context_sentences", "quote")
+
+
 @dataclass(init=False)
 class EvalConfig:
     """Settings of :func:`run_eval`; the flags of ``dca eval`` resolve into this.
@@ -129,6 +134,17 @@ class EvalConfig:
         if self.out_dir is None:
             self.out_dir = Path.cwd() / f"eval-{self.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out_dir = Path(self.out_dir).expanduser()
+
+    def settings(self) -> dict:
+        """The run's settings as one flat mapping, ``resume`` and ``force`` left out (a ``dca distill run`` stamp
+        hashes it): the run's own fields, ``samples`` and ``effort``, the assistant settings that were fields of
+        ``EvalConfig`` before the assistant's were declared once (None when not given, so the stamp of an older
+        chain still matches), and any other assistant setting given."""
+        out = {"task": self.task, "data": self.data, "limit": self.limit, "model": self.model,
+               "store_dir": self.store_dir, "effort": self.effort, "samples": self.samples, "out_dir": self.out_dir}
+        out.update({name: self.assistant.get(name) for name in _FLAT_SETTINGS})
+        out.update({k: v for k, v in self.assistant.items() if k not in out})
+        return out
 
     @property
     def samples(self) -> int:
@@ -224,11 +240,14 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
                 (out / name).unlink(missing_ok=True)
         elif cfg.resume:
             try:
-                saved = (read_manifest(out / CONFIG, EVAL_FORMAT) or {})["settings"]
+                stored = read_manifest(out / CONFIG, EVAL_FORMAT)
+                if stored is None:
+                    raise ManifestError(out / CONFIG, "no such file")
+                saved = stored.get("settings")
                 if not isinstance(saved, dict):
-                    raise TypeError("its settings are not a mapping")
-            except (ManifestError, KeyError, TypeError) as e:
-                reason = e.reason if isinstance(e, ManifestError) else f"no settings: {e}"
+                    raise ManifestError(out / CONFIG, "it holds no settings mapping")
+            except ManifestError as e:
+                reason = e.reason
                 raise ConfigError(f"--resume: {out} is not a dca eval run (no readable {CONFIG}: {reason}); "
                                   "choose the run's -o/--out-dir") from e
             diffs = list(dict.fromkeys(_settings_diff(saved, settings)))  # samples is also an assistant field
@@ -251,10 +270,9 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
 
 def _record(item, answer, scored: dict) -> dict:
     st = answer.stats
-    samples = tuple(getattr(answer, "samples", ()) or ())
     # the test-time compute spent: all samples' tokens, or in quote mode the candidate tokens scored
     generated = st.generated_tokens or (
-        sum(getattr(s, "tokens", 0) for s in samples) if samples else st.thinking_tokens + st.answer_tokens)
+        sum(s.tokens for s in answer.samples) if answer.samples else st.thinking_tokens + st.answer_tokens)
     rec = {"index": item.index, "id": item.id, "question": item.question,
            "gold": item.gold if isinstance(item.gold, str) else list(item.gold), **scored,
            "output": answer.text, "thinking": answer.thinking,

@@ -234,8 +234,8 @@ class MathTask(Task):
 
         extracted = extract_answer(answer.text)
         correct = is_equivalent(extracted, item.gold)
-        sample_answers = [s.answer for s in getattr(answer, "samples", ())] or [extracted]
-        votes = getattr(answer, "votes", ()) or vote(sample_answers, same=is_equivalent)
+        sample_answers = [s.answer for s in answer.samples] or [extracted]
+        votes = answer.votes or vote(sample_answers, same=is_equivalent)
         voted = votes[0].answer if votes else None
         out = {"extracted": extracted, "correct": bool(correct), "scores": {"accuracy": int(correct)}}
         return self._with_samples(out, samples, sample_answers, voted, lambda a: is_equivalent(a, item.gold))
@@ -311,7 +311,7 @@ class QA(Task):
         correct = exact_match(extracted, golds)
         scores = {"em": int(correct), "f1": round(token_f1(extracted, golds), 6),
                   "f1_full": round(token_f1(qa_answer_line(answer.text), golds), 6)}
-        sample_answers = [qa_prediction(s.text, item.question) for s in getattr(answer, "samples", ())] or [extracted]
+        sample_answers = [qa_prediction(s.text, item.question) for s in answer.samples] or [extracted]
         votes = vote([a or None for a in sample_answers], same=lambda x, y: normalize_text(x) == normalize_text(y))
         voted = votes[0].answer if votes else None
         out = {"extracted": extracted, "correct": bool(correct), "scores": scores}

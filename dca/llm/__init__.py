@@ -12,13 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bundled import BUNDLED_CHAT_MODEL
-from .base import LLM, Completion
+from .base import LLM, Completion, check_llm
 from .registry import ModelEntry, check_gguf, list_models, register_model, resolve_model
 
 __all__ = [
-    "BUNDLED_CHAT_MODEL", "LLM", "Completion", "LlamaCppLLM", "ModelEntry", "check_gguf", "list_models", "load_llm",
+    "BUNDLED_CHAT_MODEL", "LLM", "Completion", "LlamaCppLLM", "ModelEntry", "capable", "check_gguf", "check_llm",
+    "list_models",
+    "load_llm",
     "register_model", "resolve_model",
 ]
+
+
+def capable(llm, capability: str) -> bool:
+    """Whether ``llm`` declares ``can_<capability>`` (``sample``, ``score``): True only when it says so; a model
+    that satisfies the protocol by shape without declaring a flag has none of the optional capabilities."""
+    return bool(getattr(llm, f"can_{capability}", False))
 
 
 def load_llm(model: LLM | str | Path | None = None, *, n_ctx: int = 4096, **kwargs) -> LLM:

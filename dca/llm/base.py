@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,25 @@ class Completion:
     tokens: int
     mean_logprob: float
     finish: str
+
+
+REQUIRED_METHODS = ("render", "count_tokens", "generate", "reset", "close")
+
+
+def check_llm(model):
+    """``model`` when it has every method dca calls (:data:`REQUIRED_METHODS`), for objects that implement the
+    protocol by shape rather than by subclassing :class:`LLM` (which provides ``reset`` and ``close``).
+
+    Raises:
+        ConfigError: a method is missing (the message names them).
+    """
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(model, m, None))]
+    if missing:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model {type(model).__name__} is not a dca.llm.LLM: it has no {', '.join(missing)}; "
+                          "subclass dca.llm.LLM, which provides reset and close")
+    return model
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Literal
 import numpy as np
 
 from ..errors import ConfigError, LoaderError, ManifestError, StoreError
-from ..paths import atomic_write_text, read_manifest, sha256_file
+from ..paths import atomic_write_text, read_manifest, remove_stale_temporaries, sha256_file
 from ..progress import Progress, ProgressFn, emitter
 from . import index as vindex
 from .chunking import chunk_document
@@ -186,8 +186,8 @@ class Store:
         self._lock = threading.RLock()
         self._index = None
         manifest_path = self.path / MANIFEST
-        for stale in self.path.glob(".*.tmp-*"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
+        for name in STORE_FILES:  # temporaries left by a process killed mid-write
+            remove_stale_temporaries(self.path / name)
         if manifest_path.exists():
             self.manifest = self._read_manifest(manifest_path)
             self._check_embedder()
@@ -242,6 +242,8 @@ class Store:
     def _read_manifest(self, path: Path) -> dict:
         try:
             manifest = read_manifest(path, STORE_FORMAT)
+            if manifest is None:
+                raise ManifestError(path, "it was removed while the store was opened")
         except ManifestError as e:
             raise StoreError(f"{path}: unreadable store manifest ({e.reason}); re-ingest into a new --store-dir") from e
         if manifest.get("version") != STORE_VERSION:

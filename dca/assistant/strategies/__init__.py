@@ -188,10 +188,9 @@ def get_strategy(name: str) -> Strategy:
     Raises:
         ConfigError: no strategy of that name.
     """
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        raise ConfigError(f"--strategy {name!r} is not registered; known: {', '.join(STRATEGIES)}") from None
+    if name not in STRATEGIES:
+        raise ConfigError(f"--strategy {name!r} is not registered; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()
 
 
 # The built-in strategies register themselves on import.

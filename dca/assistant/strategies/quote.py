@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError
+from ...llm import capable
 from ..types import StreamChunk
 from . import Generation, Outcome, register_strategy
 from .budget_forcing import BudgetForcing
@@ -119,7 +120,7 @@ class QuoteMode(BudgetForcing):
     def answer(self, gen: Generation, prompt: str) -> Generator[StreamChunk, None, Outcome]:
         if not gen.sources:
             return (yield from super().answer(gen, prompt))
-        if not gen.llm.can_score:
+        if not capable(gen.llm, "score"):
             raise ConfigError(f"--quote needs a model that can score spans (a GGUF); {gen.llm.name} cannot")
         quote = choose_span(gen.llm, prompt, [s.text for s in gen.sources], question=gen.question, cancel=gen.cancel)
         text = f"{quote.text} [{gen.sources[quote.passage].number}]" if quote.text else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from ...errors import ConfigError
+from ...llm import capable
 from ...thinking import split_thinking
 from ...voting import vote
 from ..types import Sample, StreamChunk
@@ -22,16 +23,17 @@ class SelfConsistency:
         """(thinking, answer) of a sampled completion, which began inside the thinking phase when there is one."""
         if not gen.thinking:
             return "", completion.strip()
-        tagged = gen.llm.think_tags is not None
-        # a tagged model cut off before closing has no answer; a scaffolded one answered in its reasoning
-        thinking, answer, _ = split_thinking(completion, tags=gen.think_tags, started=tagged)
+        if gen.think_close not in completion:
+            # a tagged model cut off before closing has no answer; a scaffolded one answered in its reasoning
+            return (completion.strip(), "") if gen.llm.think_tags else ("", completion.strip())
+        thinking, answer, _ = split_thinking(completion, tags=gen.think_tags, started=True)
         return thinking, answer
 
     def run(self, gen: Generation) -> Generator[StreamChunk, None, Outcome]:
         from ...grading import extract_answer, is_equivalent
 
         cfg = gen.config
-        if not gen.llm.can_sample:
+        if not capable(gen.llm, "sample"):
             raise ConfigError(f"--samples {cfg.samples} needs a model that samples in parallel (a GGUF); "
                               f"{gen.llm.name} cannot")
         completions = gen.llm.sample(gen.prompt, n=cfg.samples, max_tokens=gen.token_budget,
