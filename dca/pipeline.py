@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .distill.stamps import digest, fingerprint
 from .errors import ConfigError, ManifestError, TeacherError
-from .paths import atomic_path, atomic_write_json, read_manifest
+from .paths import atomic_write_json, read_manifest
 from .progress import Progress, ProgressFn, emitter
 
 log = logging.getLogger(__name__)
@@ -366,20 +366,12 @@ def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: b
         r = export(stage_cfg, progress=emit)
         return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
     if name == "quantize":
-        from .quant import read_manifest
-        from .quant.quantize import normalize_qtype, normalize_tensor_type, quantize_gguf, resolve_tensor_types
+        from .quant import quantize_export
 
-        dst = paths["quantize"]
-        types = {key: normalize_tensor_type(stage_cfg[key], f"quantize.{key}") if stage_cfg.get(key) else None
-                 for key in ("token_embedding_type", "output_tensor_type")}
-        tied = bool((read_manifest(paths["export"]) or {}).get("tied_embeddings"))
-        embedding_type, output_type = resolve_tensor_types(**types, tied=tied, source=paths["export"])
-        emit(Progress("quantize", phase="quantize"))
-        with atomic_path(dst) as tmp:
-            quantize_gguf(paths["export"], tmp, normalize_qtype(stage_cfg["qtype"], "quantize.qtype"),
-                          threads=stage_cfg.get("threads"), token_embedding_type=embedding_type,
-                          output_tensor_type=output_type)
-        return f"{dst.name} ({dst.stat().st_size / 1e6:.1f} MB)"
+        r = quantize_export(paths["export"], paths["quantize"], stage_cfg["qtype"], threads=stage_cfg.get("threads"),
+                            token_embedding_type=stage_cfg.get("token_embedding_type"),
+                            output_tensor_type=stage_cfg.get("output_tensor_type"), progress=emit)
+        return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
     from .eval import run_eval
 
     r = run_eval(replace(stage_cfg, resume=resume, force=not resume), progress=emit)

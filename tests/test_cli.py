@@ -122,7 +122,7 @@ def test_chat_self_consistency_reports_the_votes():
     result = runner.invoke(app, ["chat", "What is 12 plus 30? Answer with a number.", "--samples", "3",
                                  "--max-tokens", "24"])
     assert result.exit_code == 0, result.output
-    assert "votes over 3 samples:" in result.output
+    assert "vote over 3 samples:" in result.output and " won (" in result.output
     result = runner.invoke(app, ["chat", "hi", "--effort", "extreme"])
     assert result.exit_code == 1 and "--effort must be one of low, medium, high" in result.output
 

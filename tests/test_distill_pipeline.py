@@ -89,6 +89,12 @@ def test_quantize_stage_follows_a_full_precision_export(tiny, gsm8k, tmp_path): 
     assert gguf.read_bytes()[:4] == b"GGUF" and (tmp_path / "q" / "model.F16.gguf").is_file()
     types = {t.name: t.tensor_type.name for t in GGUFReader(gguf).tensors}
     assert types["blk.0.attn_q.weight"] == "Q8_0" and types["output.weight"] == "F16"
+    from dca.paths import sha256_file
+    from dca.quant import read_manifest
+
+    manifest, exported = read_manifest(gguf), read_manifest(tmp_path / "q" / "model.F16.gguf")
+    assert (manifest["gguf"], manifest["quant_type"], manifest["intermediate_type"]) == ("model.Q8_0.gguf", "Q8_0", "F16")
+    assert manifest["source"] == exported["source"] and manifest["sha256"] == sha256_file(gguf)  # quant check finds it
     assert [s.action for s in run_pipeline(load(path)).stages] == ["skipped"] * 5
     data["quantize"]["token_embedding_type"] = "Q4_K_M"  # a file type: refused when the config loads
     path.write_text(yaml.safe_dump(data))

@@ -44,3 +44,14 @@ def test_metrics_are_described_in_a_fixed_order():
         "loss 1.5000  eval 1.2500  210 tok/s"
     assert describe_metrics({"em": 0.25, "failed": 0}) == "EM 25.0%"
     assert describe_metrics({"acceptance": 0.5, "accepted": 3, "judged": 6}) == "accepted 3/6 (50%)"
+
+
+def test_a_log_gets_a_line_every_so_often_while_the_job_reports_nothing():
+    import time
+
+    console, buf = plain_console()
+    with ProgressView(console, every_s=0.2) as view:
+        view(Progress("export", phase="write"))
+        time.sleep(0.75)  # a long phase without events: the heartbeat reprints it with its elapsed time
+    lines = buf.getvalue().splitlines()
+    assert len(lines) >= 3 and all(line.startswith("export  write") for line in lines)

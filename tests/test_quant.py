@@ -687,3 +687,18 @@ def test_smollm2_round_trip_f16_q8_q4(tmp_path):
                           "--max-tokens", "32"], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.split()) >= 3
+
+
+def test_the_command_line_prints_dca_output_only(llama_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.Q8_0.gguf"
+    r = subprocess.run([sys.executable, "-m", "dca.cli", "quant", "export", str(llama_dir), "-t", "Q8_0", "-o", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {out} (Q8_0") and out.exists()
+    # no library bars ("Loading weights: 100%|...") or warnings: only dca's progress lines, one per phase
+    assert [line.split()[:2] for line in r.stderr.splitlines()] == [
+        ["export", "load"], ["export", "write"], ["export", "quantize"], ["export", "manifest"]]

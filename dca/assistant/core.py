@@ -176,7 +176,7 @@ class Assistant:
         thinking_text = outcome.thinking.strip()
         stats = self._stats(outcome, gen.prompt, text, thinking_text, t0, t_retrieved, first or t_end, t_end)
         answer = Answer(question, cited_text, thinking_text, sources, stats, cancelled=stop_now(),
-                        samples=outcome.samples, votes=outcome.votes, strategy=name)
+                        samples=outcome.samples, votes=outcome.votes, strategy=name, truncated=outcome.truncated)
         if text:
             self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
         yield StreamChunk("done", text=cited_text, sources=sources, answer=answer)

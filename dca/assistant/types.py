@@ -45,6 +45,7 @@ class Sample:
         answer: the final answer extracted by :func:`dca.grading.extract_answer`, or None.
         mean_logprob: mean natural-log token probability of the whole completion.
         tokens: tokens generated.
+        finish: ``"stop"``, ``"length"`` (cut at the token limit) or ``"cancelled"``.
     """
 
     text: str
@@ -52,6 +53,7 @@ class Sample:
     answer: str | None
     mean_logprob: float
     tokens: int
+    finish: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Answer:
         votes: the vote over ``samples`` (:class:`dca.voting.Vote`), best first; ``text`` is a sample of
             ``votes[0]``.
         strategy: the name of the test-time strategy that produced it.
+        truncated: the answer was cut at ``max_tokens`` (or its sample at the sampling limit): it may end
+            mid-sentence.
     """
 
     question: str
@@ -80,6 +84,7 @@ class Answer:
     samples: tuple[Sample, ...] = ()
     votes: tuple[Vote, ...] = ()
     strategy: str = ""
+    truncated: bool = False
 
     @property
     def citations(self) -> tuple[Source, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
@@ -17,6 +18,22 @@ from . import chat, distill, eval, models, quant, rag
 
 app = typer.Typer(help="dca: small local language models composed with a RAG store and a thinking phase, offline.",
                   no_args_is_help=True, add_completion=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"dca {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print dca's version and exit.", metavar="")):
+    """dca: small local language models composed with a RAG store and a thinking phase, offline."""
+
+
 app.add_typer(rag.app, name="rag")
 app.add_typer(models.app, name="models")
 app.command()(chat.chat)
@@ -32,10 +49,15 @@ def main() -> None:
     # dca calls math-verify without its signal-based timeout (it must work off the main thread); its
     # warning about that on every comparison is noise for the user.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    # The CLI owns the terminal: no progress bars or info chatter from Hugging Face libraries.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a PDF's quirks; unreadable files are reported by dca
+    # The CLI owns the terminal: no progress bars or info chatter from the libraries (dca draws its own progress),
+    # and no deprecation notices meant for the developers of code that calls them.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm bars created directly (transformers' GGUF loading)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!dca\b)")
     app()
 
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from .common import handles_errors, out
+from .common import Status, answering_store_dir, describe_store, err, handles_errors, out, print_error
 from .options import assistant_options, config_option, model_option
 
 
@@ -18,41 +18,76 @@ def print_answer_stream(bot, question: str, show_thinking: bool):
     :class:`~dca.assistant.Answer`."""
     answer = None
     in_thinking = False
-    for chunk in bot.stream(question):
-        if chunk.kind == "thinking" and show_thinking:
-            if not in_thinking:
-                out.print(Text("thinking: ", style="dim"), end="")
-                in_thinking = True
-            out.print(chunk.text, end="", style="dim")
-        elif chunk.kind == "answer":
-            if in_thinking:
-                out.print()
-                in_thinking = False
-            out.print(chunk.text, end="")
-        elif chunk.kind == "done":
-            answer = chunk.answer
+    printed = ""  # the last answer piece, to place the truncation marker
+    cfg = bot.config.resolved()
+    waiting = Status(f"sampling {cfg.k} answers" if cfg.k > 1 else "scoring the passages' spans" if cfg.quote
+                     else "reading the passages" if bot.store else "thinking")
+    try:
+        for chunk in bot.stream(question):
+            if chunk.kind in ("answer", "done") or (chunk.kind == "thinking" and show_thinking):
+                waiting.stop()  # hidden thinking keeps the spinner turning
+            if chunk.kind == "thinking" and show_thinking:
+                if not in_thinking:
+                    out.print(Text("thinking: ", style="dim"), end="")
+                    in_thinking = True
+                out.print(chunk.text, end="", style="dim")
+            elif chunk.kind == "answer":
+                if in_thinking:
+                    out.print()
+                    in_thinking = False
+                out.print(chunk.text, end="")
+                printed = chunk.text or printed
+            elif chunk.kind == "done":
+                answer = chunk.answer
+    finally:
+        waiting.stop()
+    if answer is not None and answer.truncated:
+        space = "" if printed[-1:].isspace() else " "
+        out.print(Text(f"{space}[cut at --max-tokens {cfg.max_tokens}]", style="dim yellow"), end="")
     out.print()
     if answer is not None:
         added = {s.number for s in answer.sources if s.cited_by == "attribution"}
         if added:
-            out.print(Text(f"(citations added by attribution: {', '.join(f'[{n}]' for n in sorted(added))})",
-                           style="dim"))
+            markers = ", ".join(f"[{n}]" for n in sorted(added))
+            out.print(Text(f"(the model cited nothing; dca added {markers} after the sentences that restate "
+                           f"{'that passage' if len(added) == 1 else 'those passages'})", style="dim"))
         print_sources(answer, cited_only=True)
         if answer.votes:
-            tally = ", ".join(f"{v.answer} x{v.count}" for v in answer.votes)
-            out.print(Text(f"votes over {answer.stats.samples} samples: {tally}", style="dim"))
+            out.print(Text(describe_votes(answer), style="dim"))
         st = answer.stats
         out.print(Text(f"{st.answer_tokens} answer + {st.thinking_tokens} thinking tokens, {st.tokens_per_s:.1f} "
                        f"tok/s, first token {st.first_token_s:.2f}s, total {st.total_s:.2f}s", style="dim"))
     return answer
 
 
+def _short(answer: str, width: int = 32) -> str:
+    answer = " ".join(answer.split())
+    return answer if len(answer) <= width else answer[:width - 3] + "..."
+
+
+def describe_votes(answer) -> str:
+    """The self-consistency vote in words: the winner with its count, the other answers, ties, and samples
+    without an answer (:mod:`dca.voting`)."""
+    k = len(answer.samples)
+    top, others = answer.votes[0], answer.votes[1:]
+    line = f"vote over {k} samples: {_short(top.answer)} won ({top.count} of {k})"
+    tied = [v for v in others if v.count == top.count]
+    if tied:
+        line += f", tied on count with {len(tied)} other answer{'s' if len(tied) > 1 else ''}, chosen by confidence"
+    if others:
+        line += "; others: " + ", ".join(f"{_short(v.answer)} x{v.count}" for v in others)
+    unanswered = sum(s.answer is None for s in answer.samples)
+    if unanswered:
+        line += f"; {unanswered} without an answer"
+    return line
+
+
 def print_sources(answer, cited_only: bool) -> None:
-    """One line per source: ``[n]*`` (``*`` when cited), title, document and cosine."""
+    """One line per source: ``[n]``, ``cited`` when the answer cites it, title, document and cosine."""
     sources = answer.citations if cited_only else answer.sources
     for s in sources:
-        mark = "*" if s.cited else " "
-        out.print(Text.assemble((f"[{s.number}]{mark}", "cyan"), f" {s.title}  ",
+        mark = " cited" if s.cited else "      "
+        out.print(Text.assemble((f"[{s.number}]", "cyan"), mark, f"  {s.title}  ",
                                 (f"({s.source}, cosine {s.similarity:.2f})", "dim")))
 
 
@@ -61,8 +96,9 @@ def print_sources(answer, cited_only: bool) -> None:
 def chat(
     question: Optional[str] = typer.Argument(None, help="Ask one question and exit; without it, start a chat session."),
     model: Optional[str] = model_option(),
-    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from (none: no retrieval)."),
-    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking (hidden by default)."),
+    store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from \\[default: $DCA_HOME/store when it holds one]."),
+    no_store: bool = typer.Option(False, "--no-store", help="Answer from the model alone, even when the default store exists.", metavar=""),
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking (hidden by default).", metavar=""),
     config_path: Optional[Path] = config_option("AssistantConfig"),
     settings: dict = None,
 ):
@@ -74,11 +110,17 @@ def chat(
     from ..config import load_config
 
     config = load_config(AssistantConfig, config_path, **settings)
-    bot = Assistant(model=model, store=store_dir, config=config)
+    if no_store and store_dir is not None:
+        print_error("give --store-dir or --no-store, not both")
+        raise typer.Exit(2)
+    with Status("loading the model and the store"):
+        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config)
+    err.print(describe_store(bot.store))
     if question is not None:
         print_answer_stream(bot, question, show_thinking)
         return
-    out.print(Text.assemble(("dca chat", "bold"), f" with {bot.llm.name}{' and ' + str(store_dir) if store_dir else ''}. "
+    out.print(Text.assemble(("dca chat", "bold"), f" with {bot.llm.name}"
+                            f"{' and ' + str(bot.store.path) if bot.store is not None else ''}. "
                             "Commands: /sources /reset /exit"))
     last = None
     while True:
@@ -122,7 +164,8 @@ def demo(model: Optional[str] = model_option(),
                             f"{store_dir}"))
     if ingest([corpus], store_dir).errors:
         raise typer.Exit(1)
-    bot = Assistant(model=model, store=store_dir)
+    with Status("loading the model"):
+        bot = Assistant(model=model, store=store_dir)
     out.print(Text.assemble(("2. Language", "bold"), f": {bot.llm.name} "
                             f"({'thinking' if bot.thinking else 'no thinking phase'})"))
     for q in question or DEMO_QUESTIONS:

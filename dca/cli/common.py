@@ -36,6 +36,18 @@ def print_warning(label: str, message: str) -> None:
     err.print(Text.assemble((label, "yellow"), " ", message))
 
 
+def interrupted(message: str) -> typer.Exit:
+    """Print ``interrupted: MESSAGE`` (what was kept, and the command that continues) and return the exit to raise
+    (code 130, as a shell gives Ctrl-C)."""
+    print_warning("interrupted:", message)
+    return typer.Exit(130)
+
+
+def not_written(path) -> str:
+    """The Ctrl-C message of a command whose output appears whole or not at all."""
+    return f"{path} was not written (it appears whole or not at all); run the same command to start again"
+
+
 def handles_errors(fn):
     """Turn dca's typed errors into a one-line message and exit code 1 (Ctrl-C: 130)."""
 
@@ -77,6 +89,46 @@ def default_store_dir(store_dir: Path | None) -> Path:
     from ..paths import dca_home
 
     return store_dir if store_dir is not None else dca_home() / "store"
+
+
+class Status:
+    """A spinner with a message on stderr while something runs (a terminal only: nothing is printed to a pipe),
+    as a context manager or by :meth:`stop`."""
+
+    def __init__(self, message: str):
+        self._status = err.status(Text(message, style="dim")) if err.is_terminal else None
+        if self._status is not None:
+            self._status.start()
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __enter__(self) -> Status:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def answering_store_dir(store_dir: Path | None, no_store: bool = False) -> Path | None:
+    """The store ``chat`` answers from: ``--store-dir``; else ``$DCA_HOME/store`` when a store is there (the
+    default every ``dca rag`` command writes to); None with ``--no-store`` or when there is none."""
+    if no_store:
+        return None
+    if store_dir is not None:
+        return store_dir
+    default = default_store_dir(None)
+    return default if (default / "manifest.json").is_file() else None
+
+
+def describe_store(store) -> Text:
+    """One dim line saying what an answer draws on: the store and its counts, or the model alone."""
+    if store is None:
+        return Text("no store: answering from the model alone (add documents with: dca rag ingest PATH)", style="dim")
+    info = store.info()
+    return Text(f"store: {info.path} ({info.files} files, {info.chunks} chunks)", style="dim")
 
 
 def embedder(path: Path | None):

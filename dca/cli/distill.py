@@ -13,7 +13,18 @@ from rich.text import Text
 from ..distill.filter import FilterConfig
 from ..distill.generate import GenerateConfig
 from ..distill.loop import TrainConfig
-from .common import err, handles_errors, out, print_error, print_table, print_warning, table
+from .common import (
+    Status,
+    err,
+    handles_errors,
+    interrupted,
+    not_written,
+    out,
+    print_error,
+    print_table,
+    print_warning,
+    table,
+)
 from .options import config_option, with_default
 from .progress import ProgressView
 
@@ -62,13 +73,13 @@ def distill_generate(
              "samples": samples, "temperature": temperature, "max_tokens": max_tokens, "system_prompt": system_prompt,
              "concurrency": concurrency, "timeout_s": timeout_s, "max_retries": max_retries, "limit": limit, "seed": seed}
     cfg = load_config(GenerateConfig, config_path, questions=questions, out=out_path, **given)
-    teacher_obj = load_teacher(cfg)
+    with Status("loading the teacher"):
+        teacher_obj = load_teacher(cfg)
     try:
         with ProgressView(err) as view:
             report = generate(cfg, teacher_obj, progress=view)
     except KeyboardInterrupt:
-        print_warning("interrupted:", f"finished samples are kept in {cfg.out}; run the same command to continue")
-        raise typer.Exit(130) from None
+        raise interrupted(f"finished samples are kept in {cfg.out}; run the same command to continue") from None
     finally:
         teacher_obj.close()
     for b in report.bad_lines:
@@ -91,7 +102,7 @@ def distill_import(
     src: Path = typer.Argument(..., help="JSONL to convert: GSM8K or MATH solutions, R1-style think/final traces, ShareGPT conversations or messages."),
     out_path: Path = typer.Option(..., "-o", "--out", help="Trace JSONL to write (atomically)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="auto | gsm8k | math | think-final | sharegpt | messages \\[default: auto, by keys, line by line]."),
-    force: bool = typer.Option(False, "--force", help="Overwrite -o/--out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite -o/--out if it exists.", metavar=""),
 ):
     """Convert existing solutions or reasoning traces into a dca trace file for: dca distill filter
 
@@ -102,7 +113,11 @@ def distill_import(
     from ..distill.importers import import_traces
 
     with ProgressView(err, transient=True) as view:
-        report = import_traces(src, out_path, force=force, progress=view, **({"fmt": fmt} if fmt is not None else {}))
+        try:
+            report = import_traces(src, out_path, force=force, progress=view,
+                                   **({"fmt": fmt} if fmt is not None else {}))
+        except KeyboardInterrupt:
+            raise interrupted(not_written(out_path)) from None
     for b in report.bad:
         print_warning("skipped", str(b))
     shapes = ", ".join(f"{n} {shape}" for shape, n in report.formats.items())
@@ -120,12 +135,12 @@ def distill_filter(
     decontaminate: Optional[list[Path]] = typer.Option(None, "--decontaminate", help="JSONL of held-out questions (question/problem fields, e.g. a test set); repeatable."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Drop traces whose thinking + answer is longer \\[default: no limit]."),
     max_per_question: Optional[int] = typer.Option(None, "--max-per-question", help="Keep at most K traces per question id \\[default: all]."),
-    prefer_shorter: Optional[bool] = typer.Option(None, "--prefer-shorter/--input-order", help="Which traces win duplicates and the per-question cap \\[default: input order]."),
+    prefer_shorter: Optional[bool] = typer.Option(None, "--prefer-shorter/--input-order", help="Which traces win duplicates and the per-question cap \\[default: input order].", metavar=""),
     near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold", help=with_default("MinHash Jaccard over word 5-grams at or above which a trace is a near duplicate.", FilterConfig, "near_dup_threshold")),
     max_repetition: Optional[float] = typer.Option(None, "--max-repetition", help=with_default("Highest fraction of repeated word 4-grams kept.", FilterConfig, "max_repetition")),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Report directory \\[default: OUT with the suffix .report]."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer (name or directory) to count tokens \\[default: an approximation]."),
-    force: bool = typer.Option(False, "--force", help="Overwrite -o/--out and the report files."),
+    force: bool = typer.Option(False, "--force", help="Overwrite -o/--out and the report files.", metavar=""),
     config_path: Optional[Path] = config_option("FilterConfig"),
 ):
     """Keep the traces worth training on: correct, complete, not too long, not repetitive, not duplicated, not contaminated.
@@ -143,7 +158,10 @@ def distill_filter(
              "report_dir": report_dir, "tokenizer": tokenizer, "force": force or None}
     cfg = load_config(FilterConfig, config_path, traces=traces, out=out_path, **given)
     with ProgressView(err) as view:
-        report = filter_traces(cfg, progress=view)
+        try:
+            report = filter_traces(cfg, progress=view)
+        except KeyboardInterrupt:
+            raise interrupted(not_written(cfg.out)) from None
     for b in report.bad:
         print_warning("skipped", str(b))
     t = table("verdict", "traces")
@@ -167,13 +185,13 @@ def distill_train(
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory: config.yaml, manifest.json, metrics.jsonl, loss.png, adapter/, checkpoints/. Re-running the same command continues it."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help=with_default("Base model: HF model directory, GGUF file or name from 'dca models'.", TrainConfig, "model")),
     method: Optional[str] = typer.Option(None, "--method", help=with_default("lora | full.", TrainConfig, "method")),
-    qlora: Optional[bool] = typer.Option(None, "--qlora", help=escape("LoRA on a 4-bit NF4 base (CUDA, bitsandbytes: pip install 'dca[qlora]').")),
+    qlora: Optional[bool] = typer.Option(None, "--qlora", help=escape("LoRA on a 4-bit NF4 base (CUDA, bitsandbytes: pip install 'dca[qlora]')."), metavar=""),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help=with_default("Adapter rank.", TrainConfig, "lora_r")),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help=with_default("Adapter scale numerator; updates are scaled by alpha/r.", TrainConfig, "lora_alpha")),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help=with_default("Dropout on the adapter's input.", TrainConfig, "lora_dropout")),
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated linear layers to adapt, or all-linear \\[default: q,k,v,o,gate,up,down projections]."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=with_default("Tokens per row; longer examples are cut.", TrainConfig, "seq_len")),
-    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row, attention kept within each \\[default: packing]."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row, attention kept within each \\[default: packing].", metavar=""),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=with_default("Rows per micro-batch.", TrainConfig, "batch_size")),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help=with_default("Micro-batches per optimizer step.", TrainConfig, "grad_accum")),
     epochs: Optional[float] = typer.Option(None, "--epochs", help=with_default("Passes over the data.", TrainConfig, "epochs")),
@@ -191,10 +209,10 @@ def distill_train(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="Jinja chat template file replacing the tokenizer's."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) has it, else fp32]."),
     device: Optional[str] = typer.Option(None, "--device", help=with_default("auto | cpu | cuda | cuda:N.", TrainConfig, "device")),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute activations to save memory."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=with_default("Recompute each layer's activations in the backward pass instead of keeping them: far less memory, some more compute.", TrainConfig, "gradient_checkpointing"), metavar=""),
     seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Seed of the adapter init, split, data order and dropout.", TrainConfig, "seed")),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o/--out-dir from its last checkpoint."),
-    force: bool = typer.Option(False, "--force", help="Delete the run files in -o/--out-dir and start over."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o/--out-dir from its last checkpoint.", metavar=""),
+    force: bool = typer.Option(False, "--force", help="Delete the run files in -o/--out-dir and start over.", metavar=""),
     config_path: Optional[Path] = config_option("TrainConfig"),
 ):
     """Fine-tune a small model on reasoning traces (SFT): LoRA, QLoRA or full, loss on assistant tokens only.
@@ -221,9 +239,13 @@ def distill_train(
         with ProgressView(err) as view:
             result = train(cfg, progress=view)
     except KeyboardInterrupt:
-        print_warning("interrupted:", f"the last finished step is checkpointed in {cfg.out_dir / 'checkpoints'}; "
-                                      "run the same command to continue")
-        raise typer.Exit(130) from None
+        from ..distill import rundir
+
+        kept = rundir.checkpoints(cfg.out_dir)
+        if kept:
+            raise interrupted(f"step {kept[-1][0]} is checkpointed in {kept[-1][1]}; run the same command to "
+                              "continue from it") from None
+        raise interrupted("before the first step: nothing to keep; run the same command to start again") from None
     for b in result.bad:
         print_warning("skipped", str(b))
     if result.already_complete:
@@ -249,7 +271,7 @@ def distill_train(
 def distill_run(
     config_path: Path = typer.Argument(..., help="YAML file: out_dir and one section per stage (import_traces or generate, filter, train, export, quantize, eval)."),
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Directory of every stage's output (overrides out_dir in the file)."),
-    force: bool = typer.Option(False, "--force", help="Run every stage again, even when up to date."),
+    force: bool = typer.Option(False, "--force", help="Run every stage again, even when up to date.", metavar=""),
 ):
     """Run the whole distillation chain from one YAML file: import or generate -> filter -> train -> export -> quantize -> eval.
 
@@ -261,7 +283,11 @@ def distill_run(
 
     cfg = load_config(PipelineConfig, config_path, out_dir=out_dir, force=force or None)
     with ProgressView(err, transient=True) as view:
-        report = run_pipeline(cfg, progress=view)
+        try:
+            report = run_pipeline(cfg, progress=view)
+        except KeyboardInterrupt:
+            raise interrupted(f"finished stages are kept in {cfg.out_dir} (STAGE.stamp.json); run the same command "
+                              "to continue with the stage that was running") from None
     t = table("stage", "action", "seconds", "result")
     for s in report.stages:
         t.add_row(s.stage, s.action, f"{s.seconds:.1f}", s.summary)

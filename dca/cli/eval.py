@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from .common import err, handles_errors, out, print_error, print_table, print_warning, table
-from .options import assistant_options, model_option
+from .common import err, handles_errors, interrupted, out, print_error, print_table, print_warning, table
+from .options import assistant_options, json_option, model_option
 from .progress import ProgressView
 
 app = typer.Typer(no_args_is_help=True)  # its help is eval_run's docstring
@@ -26,8 +26,8 @@ def eval_run(
     model: Optional[str] = model_option(),
     store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from; for qa also recall@k of the gold paragraph \\[default: none, closed-book]."),
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory \\[default: ./eval-TASK-YYYYmmdd-HHMMSS]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in -o/--out-dir (same settings only)."),
-    force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in -o/--out-dir (same settings only).", metavar=""),
+    force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over.", metavar=""),
     settings: dict = None,
 ):
     """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
@@ -52,9 +52,8 @@ def eval_run(
         with ProgressView(err) as view:
             report = run_eval(cfg, progress=view)
     except KeyboardInterrupt:
-        print_warning("interrupted:", f"finished items are kept; continue with the same flags and --resume -o "
-                                       f"{cfg.out_dir}")
-        raise typer.Exit(130) from None
+        raise interrupted(f"finished items are kept in {cfg.out_dir}; continue with the same flags and --resume -o "
+                          f"{cfg.out_dir}") from None
     for s in report.skipped:
         print_warning("skipped", f"{cfg.data} line {s.line}: {s.reason}")
     t = table("metric", "value", "95% interval", "n")
@@ -70,7 +69,8 @@ def eval_run(
 @app.command("compare")
 @handles_errors
 def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or its directory)."),
-                 b: Path = typer.Argument(..., help="report.json of run B (or its directory).")):
+                 b: Path = typer.Argument(..., help="report.json of run B (or its directory)."),
+                 as_json: bool = json_option()):
     """Print each metric of runs A and B, the difference B - A with a 95% interval, and whether it is significant.
 
     The interval is a paired bootstrap over items (2,000 resamples, fixed seed) when both predictions.jsonl files
@@ -79,6 +79,13 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
     from ..eval import compare_reports
 
     c = compare_reports(a, b)
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        out.print(json.dumps({"a": str(a), "b": str(b), "paired_items": c.paired_items,
+                              "rows": [asdict(r) for r in c.rows], "notes": list(c.notes)}, indent=2))
+        return
     metrics = set(c.a.metrics) | set(c.b.metrics)
     t = table("metric", "A", "B", "B - A", "95% interval", "significant", "method")
 

@@ -71,8 +71,9 @@ def assistant_options(fn):
     for f in flagged:
         default = _shown_default(f)
         help_text = f.metadata["help"] + (f" [default: {default}]" if default else "")
+        flag_only = _option_type(hints[f.name]) is bool  # --quote/--no-quote takes no value: no metavar shown
         option = typer.Option(None, *f.metadata["flags"], help=escape(help_text), show_default=False,
-                              rich_help_panel="Assistant")
+                              rich_help_panel="Assistant", **({"metavar": ""} if flag_only else {}))
         kind = Optional[_option_type(hints[f.name])]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
         annotations[f.name] = kind
@@ -85,6 +86,11 @@ def assistant_options(fn):
     wrapper.__signature__ = signature.replace(parameters=params)
     wrapper.__annotations__ = annotations
     return wrapper
+
+
+def json_option():
+    """``--json``: print the result as JSON on stdout instead of a table."""
+    return typer.Option(False, "--json", help="Print the result as JSON instead of a table.", metavar="")
 
 
 def config_option(what: str):

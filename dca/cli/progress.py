@@ -1,12 +1,14 @@
 """The one renderer of :class:`dca.progress.Progress` events, used by every long command.
 
 In a terminal: a rich progress bar (description, bar, ``done/total unit``, the job's figures, elapsed, ETA).
-Elsewhere (a pipe, a log, CI): plain lines on stderr, one when a job or phase starts, then at most one every
-:data:`PLAIN_EVERY_S` seconds, and the last state when the job ends, so a log shows that work goes on.
+Elsewhere (a pipe, a log, CI): plain lines on stderr, one when a job or phase starts, then one every
+:data:`PLAIN_EVERY_S` seconds (the latest state, its elapsed time counting on even while the job reports nothing),
+and the last state when the job ends, so a log shows that work goes on.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -79,6 +81,12 @@ class ProgressView:
         self._last_at = 0.0
         self._printed_at = 0.0
         self._started_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        if not self.terminal and every_s > 0:
+            self._beat = threading.Thread(target=self._heartbeat, name="dca-progress", daemon=True)
+            self._beat.start()
         if self.terminal:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.fields[count]}"), TextColumn("{task.fields[info]}"),
@@ -92,26 +100,36 @@ class ProgressView:
 
     def close(self) -> None:
         """Stop the bar, or print the last state once more when it changed since the last plain line."""
+        self._stop.set()
         if self._bar is not None:
             self._bar.stop()
-        elif self._last is not None and self._printed_at < self._last_at:
-            self._plain(self._last)
-        self._last = None
+        with self._lock:
+            if self._bar is None and self._last is not None and self._printed_at < self._last_at:
+                self._plain(self._last)
+            self._last = None
+
+    def _heartbeat(self) -> None:
+        """Plain mode: reprint the latest state when nothing was printed for ``every_s`` seconds."""
+        while not self._stop.wait(min(1.0, self.every_s)):
+            with self._lock:
+                if self._last is not None and time.monotonic() - self._printed_at >= self.every_s:
+                    self._plain(self._last)
 
     def __call__(self, event: Event) -> None:
         if event.event == "skip":
             self._message(f"{event.job}: up to date, skipped")
             return
-        key = (event.job, event.phase)
-        new_phase = key != self._key or event.event == "start"
-        if new_phase:
-            self._started_at = time.monotonic()
-        self._key = key
-        self._last, self._last_at = event, time.monotonic()
-        if self._bar is not None:
-            self._draw(event, new_phase)
-        elif new_phase or event.event == "done" or time.monotonic() - self._printed_at >= self.every_s:
-            self._plain(event)
+        with self._lock:
+            key = (event.job, event.phase)
+            new_phase = key != self._key or event.event == "start"
+            if new_phase:
+                self._started_at = time.monotonic()
+            self._key = key
+            self._last, self._last_at = event, time.monotonic()
+            if self._bar is not None:
+                self._draw(event, new_phase)
+            elif new_phase or event.event == "done" or time.monotonic() - self._printed_at >= self.every_s:
+                self._plain(event)
 
     def _message(self, text: str) -> None:
         if self._bar is not None:

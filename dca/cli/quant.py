@@ -9,8 +9,8 @@ import typer
 from rich.text import Text
 
 from ..quant import CheckConfig, ExportConfig
-from .common import err, handles_errors, out, print_table, table
-from .options import config_option, with_default
+from .common import err, handles_errors, interrupted, not_written, out, print_table, table
+from .options import config_option, json_option, with_default
 from .progress import ProgressView
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def quant_export(
     threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads \\[default: all]."),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", help="Tensor type of the token embedding (token_embd.weight), as llama-quantize's flag: F16 | Q8_0 | Q6_K | Q4_K ... \\[default: llama.cpp's choice for --type]."),
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Tensor type of the output matrix (output.weight) likewise; a model whose output is tied to the embedding has one tensor, set by either flag."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing -o/--out file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing -o/--out file.", metavar=""),
     config_path: Optional[Path] = config_option("ExportConfig"),
 ):
     """Export a model to GGUF: merge a LoRA adapter, write F16/BF16/F32, quantize with llama.cpp.
@@ -57,7 +57,10 @@ def quant_export(
                       token_embedding_type=token_embedding_type, output_tensor_type=output_tensor_type,
                       force=force or None)
     with ProgressView(err, transient=True) as view:
-        result = export(cfg, progress=view)
+        try:
+            result = export(cfg, progress=view)
+        except KeyboardInterrupt:
+            raise interrupted(not_written(cfg.out)) from None
     s = result.seconds
     out.print(f"wrote {result.path} ({result.qtype}, {_mb(result.size_bytes)}, sha256 {result.sha256[:16]}...) in "
               f"{s['total']:.1f} s: load {s['load']:.1f} s, merge {s['merge']:.1f} s, write {s['write']:.1f} s, "
@@ -76,6 +79,7 @@ def quant_check(
     window: Optional[int] = typer.Option(None, "--window", help=with_default("Tokens per teacher-forced window.", CheckConfig, "window")),
     decode_tokens: Optional[int] = typer.Option(None, "--decode-tokens", help=with_default("Tokens generated to time decoding, 0 skips.", CheckConfig, "decode_tokens")),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads \\[default: one per CPU]."),
+    as_json: bool = json_option(),
 ):
     """Compare GGUFs with their source model: top-1 agreement, KL, perplexity, speed, chat template.
 
@@ -88,6 +92,12 @@ def quant_check(
     cfg = CheckConfig(ggufs=ggufs, **{k: v for k, v in given.items() if v is not None})
     with ProgressView(err, transient=True) as view:
         results = check(cfg, progress=view)
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        out.print(json.dumps([asdict(r) for r in results], indent=2, default=str))
+        return
     t = table("GGUF", "type", "MB", "top-1", "KL", "PPL", "ref PPL", "eval tok/s", "gen tok/s", "chat ids")
     for r in results:
         chat = r.chat_template

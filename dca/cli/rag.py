@@ -9,8 +9,18 @@ import typer
 from rich.text import Text
 
 from ..rag import StoreConfig
-from .common import default_store_dir, embedder, handles_errors, out, print_error, print_table, print_warning, table
-from .options import config_option, store_dir_option, with_default
+from .common import (
+    default_store_dir,
+    embedder,
+    handles_errors,
+    interrupted,
+    out,
+    print_error,
+    print_table,
+    print_warning,
+    table,
+)
+from .options import config_option, json_option, store_dir_option, with_default
 from .progress import ProgressView
 
 app = typer.Typer(help="Knowledge: ingest documents into a local RAG store and search it.", no_args_is_help=True)
@@ -26,12 +36,29 @@ def ingest(paths: list[Path], store_dir: Path | None, *, chunk_tokens: int | Non
 
     config = load_config(StoreConfig, config_path, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
     store = Store.create(default_store_dir(store_dir), embedder(embedder_path), config)
-    with ProgressView(err, transient=True) as view:
-        report = store.ingest(paths, progress=view)
+    for name, flag in (("chunk_tokens", "--chunk-tokens"), ("overlap_tokens", "--overlap-tokens")):
+        if getattr(config, name) != getattr(store.config, name):
+            print_warning("warning:", f"{store.path} was built with {flag} {getattr(store.config, name)}; {flag} "
+                                      f"{getattr(config, name)} applies to new stores only (ingest into a new "
+                                      "--store-dir to change it)")
+    try:
+        with ProgressView(err, transient=True) as view:
+            report = store.ingest(paths, progress=view)
+    except KeyboardInterrupt:
+        info = store.info()
+        pending = f"; {info.pending} chunks embedded for unfinished files are kept too" if info.pending else ""
+        raise interrupted(f"the store keeps {info.files} whole files ({info.chunks} chunks){pending}; run the same "
+                          "command to continue (unchanged files are skipped)") from None
     for w in report.warnings:
         print_warning("warning:", w)
     for path, reason in report.errors.items():
         print_warning("skipped", f"{path}: {reason}")
+    if report.unsupported:
+        from ..rag.loaders import SUPPORTED_SUFFIXES
+
+        listed = ", ".join(Path(p).name for p in report.unsupported[:5]) + (", ..." if len(report.unsupported) > 5 else "")
+        print_warning("left out", f"{len(report.unsupported)} file(s) of a type dca does not read ({listed}); "
+                                  f"it reads {' '.join(sorted(SUPPORTED_SUFFIXES))}")
     info = store.info()
     out.print(f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
               f"{len(report.errors)} failed; {report.chunks_added} chunks embedded, {report.chunks_reused} reused "
@@ -61,7 +88,7 @@ def rag_ingest(
 def rag_search(
     query: str = typer.Argument(..., help="The search query."),
     store_dir: Optional[Path] = store_dir_option(),
-    k: int = typer.Option(5, "-k", "--top-k", help="Number of chunks to show."),
+    k: int = typer.Option(5, "-k", "--top-k", help="Number of chunks to show (>= 1; chat's -k 0 answers without retrieval)."),
     mode: str = typer.Option("hybrid", "--mode", help="dense | lexical | hybrid (reciprocal rank fusion)."),
     embedder_path: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
 ):
@@ -82,18 +109,34 @@ def rag_search(
 @app.command("info")
 @handles_errors
 def rag_info(store_dir: Optional[Path] = store_dir_option(),
-             embedder_path: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP)):
-    """Show the store's counts, size, embedder and index type."""
+             embedder_path: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
+             files: bool = typer.Option(False, "--files", help="Also list the stored files.", metavar=""),
+             as_json: bool = json_option()):
+    """Show the store's counts, size, embedder and index type (and with --files, its files)."""
+    import json
+    from dataclasses import asdict
+
     from ..rag import Store
 
-    i = Store.open(default_store_dir(store_dir), embedder(embedder_path)).info()
+    store = Store.open(default_store_dir(store_dir), embedder(embedder_path))
+    i = store.info()
+    if as_json:
+        out.print(json.dumps({**asdict(i), "file_paths": store.files()}, indent=2))
+        return
+    dim = f"{i.dim}-d" if i.dim else "dimension known once a chunk is stored"
+    rows = [("path", i.path), ("format version", i.version), ("embedder", f"{i.embedder} ({dim})"),
+            ("index", i.index_type), ("files", i.files), ("documents", i.documents), ("chunks", i.chunks),
+            ("size", f"{i.bytes_on_disk / 1e6:.2f} MB"),
+            ("chunking", f"{i.chunking['chunk_tokens']} tokens, overlap {i.chunking['overlap_tokens']}")]
+    if i.pending:
+        rows.append(("pending", f"{i.pending} chunks embedded by an interrupted ingest, reused by the next"))
     t = table("setting", "value", show_header=False)
-    for key, value in [("path", i.path), ("format version", i.version), ("embedder", f"{i.embedder} ({i.dim}-d)"),
-                       ("index", i.index_type), ("files", i.files), ("documents", i.documents), ("chunks", i.chunks),
-                       ("size", f"{i.bytes_on_disk / 1e6:.2f} MB"),
-                       ("chunking", f"{i.chunking['chunk_tokens']} tokens, overlap {i.chunking['overlap_tokens']}")]:
+    for key, value in rows:
         t.add_row(key, Text(str(value)))
     print_table(t)
+    if files:
+        for path in store.files():
+            out.print(path)
 
 
 @app.command("remove")

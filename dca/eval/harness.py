@@ -9,9 +9,9 @@ The output directory (format version 1) is a contract:
 ``predictions.jsonl``
     one JSON object per finished item, appended and flushed (and fsynced) as one write: ``index``, ``id``,
     ``question``, ``gold``, ``extracted``, ``correct``, ``scores`` (metric -> per-item value), ``output`` and
-    ``thinking`` (raw), ``voted`` and ``samples`` (k > 1), ``retrieved`` (qa with a store), ``tokens``
-    (``thinking``, ``answer``, ``generated``), ``tokens_per_s``, ``seconds``. A partial last line left by a
-    kill is dropped on resume.
+    ``thinking`` (raw), ``truncated`` (the answer was cut at ``--max-tokens``), ``voted`` and ``samples``
+    (k > 1), ``retrieved`` (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``),
+    ``tokens_per_s``, ``seconds``. A partial last line left by a kill is dropped on resume.
 ``report.json``, ``report.md``
     :class:`~dca.eval.report.EvalReport`, computed from ``predictions.jsonl`` alone, so a resumed run
     reports what an uninterrupted one does (timing aside).
@@ -275,7 +275,7 @@ def _record(item, answer, scored: dict) -> dict:
         sum(s.tokens for s in answer.samples) if answer.samples else st.thinking_tokens + st.answer_tokens)
     rec = {"index": item.index, "id": item.id, "question": item.question,
            "gold": item.gold if isinstance(item.gold, str) else list(item.gold), **scored,
-           "output": answer.text, "thinking": answer.thinking,
+           "output": answer.text, "thinking": answer.thinking, "truncated": answer.truncated,
            "tokens": {"thinking": st.thinking_tokens, "answer": st.answer_tokens, "generated": generated},
            "tokens_per_s": round(st.tokens_per_s, 3)}
     return rec
@@ -327,9 +327,11 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
     settings = json.loads(json.dumps(settings))  # the form config.json holds, for comparison on resume
     records = _prepare_out_dir(cfg, settings)
 
+    emit = emitter(progress)
     if assistant is None:
         from ..assistant import Assistant
 
+        emit(Progress("eval", phase="loading the model"))
         assistant = Assistant(model=cfg.model, store=cfg.store_dir, config=acfg)
     else:
         assistant.config = acfg
@@ -338,7 +340,6 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
     main = task.main_metric
     done = {r["index"] for r in records}
     correct = sum(r["scores"][main] for r in records)
-    emit = emitter(progress)
 
     def report_progress():
         emit(Progress("eval", done=len(done), total=len(items), unit="items",

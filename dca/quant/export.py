@@ -259,3 +259,49 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
     return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
                         seconds=seconds, manifest=manifest)
+
+
+def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = None,
+                    token_embedding_type: str | None = None, output_tensor_type: str | None = None,
+                    progress: ProgressFn | None = None) -> ExportResult:
+    """Quantize a GGUF that :func:`export` wrote (F16/BF16/F32) into ``dst``, with a manifest beside it.
+
+    ``dst`` appears whole or not at all; its manifest is the source's with this file's quant type, sizes,
+    checksum and timing, so ``dca quant check dst`` finds the same reference model.
+
+    Args:
+        src: the exported GGUF (its manifest tells whether the output matrix is tied to the embedding).
+        dst: the GGUF to write (replaced when it exists).
+        qtype: a llama.cpp type (:data:`dca.quant.quantize.LLAMA_CPP_TYPES`).
+        threads, token_embedding_type, output_tensor_type: as :class:`ExportConfig`'s.
+        progress: called with a :class:`~dca.progress.Progress` (job ``quantize``) as the quantizer starts.
+
+    Raises:
+        ConfigError: a type name is unknown, or two types are given for a tied output and embedding.
+        QuantError: llama.cpp failed, or ``src``'s manifest is not a dca export manifest.
+    """
+    from .. import __version__
+    from .quantize import normalize_qtype, quantize_gguf
+
+    qtype = normalize_qtype(qtype, "qtype")
+    source = read_manifest(src) or {}
+    types = {key: normalize_tensor_type(value, "--" + key.replace("_", "-")) if value else None
+             for key, value in (("token_embedding_type", token_embedding_type),
+                                ("output_tensor_type", output_tensor_type))}
+    embedding_type, output_type = resolve_tensor_types(**types, tied=bool(source.get("tied_embeddings")), source=src)
+    emitter(progress)(Progress("quantize", phase="quantize"))
+    t0 = time.perf_counter()
+    with atomic_path(dst) as tmp:
+        quantize_gguf(src, tmp, qtype, threads=threads, token_embedding_type=embedding_type,
+                      output_tensor_type=output_type)
+    seconds = {"load": 0.0, "merge": 0.0, "write": 0.0, "quantize": time.perf_counter() - t0}
+    seconds["total"] = seconds["quantize"]
+    size, sha = dst.stat().st_size, sha256_file(dst)
+    manifest = {**source, "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "gguf": dst.name,
+                "quant_type": qtype, "intermediate_type": source.get("quant_type"), "quantized_from": str(src),
+                "sizes": {**source.get("sizes", {}), "gguf_bytes": size}, "sha256": sha,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()}, "dca_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(manifest_path(dst), json.dumps(manifest, indent=2) + "\n")
+    return ExportResult(path=dst, manifest_path=manifest_path(dst), qtype=qtype, size_bytes=size, sha256=sha,
+                        seconds=seconds, manifest=manifest)

@@ -46,12 +46,13 @@ class Document:
     text: str
 
 
-def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+def iter_files(paths: Iterable[str | Path], unsupported: list[Path] | None = None) -> Iterator[Path]:
     """Expand files and directories into the files to load.
 
     An explicit file is yielded whatever its suffix, so that :func:`load_file` reports an unsupported
     one. A directory is walked recursively in sorted order, yielding only files with a suffix in
-    :data:`SUPPORTED_SUFFIXES` and skipping hidden files and directories (names starting with ``"."``).
+    :data:`SUPPORTED_SUFFIXES` and skipping hidden files and directories (names starting with ``"."``); the
+    other files found there are appended to ``unsupported`` when it is given.
 
     Yields:
         resolved absolute paths, each at most once.
@@ -68,8 +69,13 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             found = []
             for root, dirs, files in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]  # prunes .git, .venv, ... in place
-                found += [Path(root, f) for f in files
-                          if not f.startswith(".") and Path(f).suffix.lower() in SUPPORTED_SUFFIXES]
+                for f in files:
+                    if f.startswith("."):
+                        continue
+                    if Path(f).suffix.lower() in SUPPORTED_SUFFIXES:
+                        found.append(Path(root, f))
+                    elif unsupported is not None:
+                        unsupported.append(Path(root, f))
             candidates = sorted(found)
         else:
             candidates = [path]

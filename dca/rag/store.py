@@ -130,13 +130,15 @@ class SearchHit:
 
 @dataclass
 class IngestReport:
-    """What an ingest did. ``errors`` maps each file that failed to why; ``warnings`` are skipped lines."""
+    """What an ingest did. ``errors`` maps each file that failed to why; ``warnings`` are skipped lines;
+    ``unsupported``: files found in the given directories whose type dca does not load (left out, not errors)."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
     chunks_added: int = 0
     chunks_reused: int = 0
     seconds: float = 0.0
@@ -145,7 +147,8 @@ class IngestReport:
 
 @dataclass
 class StoreInfo:
-    """Counts and sizes of a store (``dca rag info``)."""
+    """Counts and sizes of a store (``dca rag info``); ``pending``: vectors embedded by an interrupted ingest for
+    files not stored yet, which the next ingest reuses."""
 
     path: str
     version: int
@@ -157,6 +160,7 @@ class StoreInfo:
     chunks: int
     bytes_on_disk: int
     chunking: dict
+    pending: int = 0
 
 
 def _text_hash(text: str) -> str:
@@ -338,12 +342,14 @@ class Store:
         report = IngestReport()
         pending: list[tuple[Path, str, int, list, list]] = []  # (path, sha, size, documents, chunks)
         files: list[Path] = []
+        unsupported: list[Path] = []
         for given in paths:  # one missing path must not drop the others
             try:
-                files += iter_files([given])
+                files += iter_files([given], unsupported)
             except LoaderError as e:
                 report.errors[e.path] = e.reason
         files = list(dict.fromkeys(files))
+        report.unsupported = sorted(map(str, dict.fromkeys(unsupported)))
         with self._lock:
             known = dict(self._db.execute("SELECT path, sha256 FROM files").fetchall())
         for path in files:
@@ -563,11 +569,13 @@ class Store:
         with self._lock:
             files, docs = self._db.execute("SELECT COUNT(*), COALESCE(SUM(documents), 0) FROM files").fetchone()
             chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            pending = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
         return StoreInfo(
             path=str(self.path), version=self.manifest["version"], embedder=self.manifest["embedder"]["name"],
             dim=self.manifest["embedder"]["dim"] or 0, index_type=self.manifest["index"]["type"],
             files=files, documents=docs, chunks=chunks, bytes_on_disk=size, chunking=self.manifest["chunking"],
+            pending=pending,
         )
 
     def files(self) -> list[str]:

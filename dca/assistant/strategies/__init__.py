@@ -57,6 +57,7 @@ class Outcome:
         prompt: the last prompt the model read, the model's own thinking included when it was put back into the
             prompt; None for the prompt the strategy was given.
         thinking_in_prompt: ``prompt`` holds the thinking (so its tokens are not counted as prompt tokens).
+        truncated: the answer was cut at its token limit.
     """
 
     text: str
@@ -67,6 +68,7 @@ class Outcome:
     streamed: bool = True
     prompt: str | None = None
     thinking_in_prompt: bool = False
+    truncated: bool = False
 
 
 @dataclass

@@ -28,8 +28,12 @@ class Greedy:
         """Stream the answer from ``prompt`` (the thinking closed in it) up to ``max_tokens``; its Outcome's
         ``generated_tokens`` covers the answer phase only (None: the answer text's tokens)."""
         said: list[str] = []
-        yield from gen.stream(prompt, kind="answer", max_tokens=gen.config.max_tokens, stop=NO_PASSAGES, sink=said)
-        return Outcome(text="".join(said).strip())
+        limit = gen.config.max_tokens
+        yield from gen.stream(prompt, kind="answer", max_tokens=limit, stop=NO_PASSAGES, sink=said)
+        text = "".join(said).strip()
+        # a piece is one token (several only inside a multi-byte character): the limit was reached when as many came
+        truncated = bool(text) and not gen.cancel() and (len(said) >= limit or gen.llm.count_tokens(text) >= limit)
+        return Outcome(text=text, truncated=truncated)
 
     def run(self, gen: Generation) -> Generator[StreamChunk, None, Outcome]:
         prompt, thought = gen.prompt, ""

@@ -40,7 +40,7 @@ class SelfConsistency:
                                      temperature=cfg.sample_temperature, repeat_penalty=cfg.repeat_penalty,
                                      stop=NO_PASSAGES, seed=cfg.seed, cancel=gen.cancel)
         parts = [self.split(gen, c.text) for c in completions]
-        samples = tuple(Sample(a, t, extract_answer(a) if a else None, c.mean_logprob, c.tokens)
+        samples = tuple(Sample(a, t, extract_answer(a) if a else None, c.mean_logprob, c.tokens, c.finish)
                         for (t, a), c in zip(parts, completions))
         votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples], weighted=cfg.vote == "logprob")
         if votes:
@@ -52,4 +52,5 @@ class SelfConsistency:
             yield StreamChunk("thinking", text=pick.thinking)
         yield StreamChunk("answer", text=pick.text)
         return Outcome(text=pick.text.strip(), thinking=pick.thinking.strip(), samples=samples, votes=votes,
-                       generated_tokens=sum(s.tokens for s in samples), streamed=False)
+                       generated_tokens=sum(s.tokens for s in samples), streamed=False,
+                       truncated=bool(pick.text.strip()) and pick.finish == "length")
