@@ -178,6 +178,20 @@ def test_history_is_kept_and_reset(scripted_llm):
     assert "first question" not in llm.prompts[2]
 
 
+def test_a_follow_up_retrieves_with_the_question_before_it_and_a_new_topic_keeps_its_own(store, scripted_llm):
+    def session(turns: int):
+        bot = Assistant(scripted_llm("It does."), store, top_k=1, min_similarity=0.2, follow_up_turns=turns)
+        first = bot.ask("Which city does the Zorblax river flow through?")
+        return first, bot.ask("Tell me more about that place."), bot.ask("How long should I knead the dough to bake bread?")
+
+    first, follow_up, new_topic = session(1)
+    assert first.sources[0].source.endswith("rivers.txt")
+    assert [s.source.rsplit("/", 1)[-1] for s in follow_up.sources] == ["rivers.txt"]
+    assert new_topic.sources[0].source.endswith("cooking.txt")
+    _, alone, _ = session(0)  # each question alone: the follow-up matches no passage well enough
+    assert alone.sources == ()
+
+
 def test_cancel_stops_generation(scripted_llm):
     llm = scripted_llm(" ".join(["word"] * 200))
     bot = Assistant(llm, None)

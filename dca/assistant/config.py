@@ -62,7 +62,6 @@ class AssistantConfig:
         temperature: 0 is greedy (``--temperature``).
         repeat_penalty: > 1 discourages the loops small models fall into under greedy decoding
             (``--repeat-penalty``; llama.cpp's and Ollama's classic default 1.1).
-        history_turns: earlier question/answer pairs kept in the prompt.
         system_prompt: the system message.
         effort: a preset of ``samples`` and ``thinking_budget``: ``low``, ``medium`` or ``high``
             (``--effort``; see :data:`EFFORT_PRESETS`); it overrides them.
@@ -73,6 +72,12 @@ class AssistantConfig:
         min_thinking_tokens: budget forcing (Muennighoff et al. 2025, "s1"): when the model ends its
             thinking earlier, "Wait" is appended and it thinks on, up to ``thinking_budget``
             (``--min-thinking-tokens``).
+        history_turns: earlier question/answer pairs of a session kept in the prompt.
+        follow_up_turns: earlier questions of a session that a question's retrieval also looks through: the
+            passages are retrieved for the question alone and for it joined to the last ``follow_up_turns``
+            questions, and the two rankings fused by reciprocal rank (k = 60), so a follow-up ("Where do they
+            come from?") finds the passages of the topic before while a new topic keeps its own; 0 retrieves
+            for each question alone. As the "condense question" chat modes of LlamaIndex, without a model call.
         seed: seed of the sampling RNG (``--seed``).
         strategy: the test-time strategy (``--strategy``; :mod:`dca.assistant.strategies`): ``auto`` picks
             self-consistency for k > 1, quote mode for ``quote``, budget forcing for ``min_thinking_tokens``,
@@ -103,6 +108,7 @@ class AssistantConfig:
     temperature: float = setting(0.0, "--temperature", help="Temperature of the answer; 0 is greedy.")
     repeat_penalty: float = setting(1.1, "--repeat-penalty", help="Penalise repeated tokens; 1 is off.")
     history_turns: int = 4
+    follow_up_turns: int = 1
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     effort: str | None = setting(None, "--effort",
                                  help="Test-time compute preset: low | medium | high (samples to vote over, "
@@ -129,6 +135,9 @@ class AssistantConfig:
             raise ConfigError(f"--mode must be hybrid, dense or lexical, got {self.search_mode!r}")
         if self.passage_order not in PASSAGE_ORDERS:
             raise ConfigError(f"--passage-order must be best_last or best_first, got {self.passage_order!r}")
+        if self.history_turns < 0 or self.follow_up_turns < 0:
+            raise ConfigError(f"history_turns and follow_up_turns must be >= 0, got {self.history_turns} and "
+                              f"{self.follow_up_turns}")
         if self.context_sentences < 0:
             raise ConfigError(f"--context-sentences must be >= 0, got {self.context_sentences}")
         if self.quote and self.samples > 1:

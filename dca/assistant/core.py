@@ -74,13 +74,26 @@ class Assistant:
 
     def retrieve(self, question: str) -> tuple[Source, ...]:
         """The passages for ``question``: top-k hits above the similarity threshold, numbered from 1 in rank
-        order, compressed to their most relevant sentences when ``context_sentences`` > 0
+        order (in a session, fused with the hits for the question joined to the ones before it:
+        ``follow_up_turns``), compressed to their most relevant sentences when ``context_sentences`` > 0
         (:func:`dca.rag.compress.compress_passages`)."""
         cfg = self.config
         if self.store is None or cfg.top_k == 0:
             return ()
-        hits = self.store.search(question, k=cfg.top_k, mode=cfg.search_mode)
-        kept = [(h.title, h.source, h.text, h.similarity) for h in hits if h.similarity >= cfg.min_similarity]
+
+        def search(query: str) -> list:
+            hits = self.store.search(query, k=cfg.top_k, mode=cfg.search_mode)
+            return [h for h in hits if h.similarity >= cfg.min_similarity]
+
+        hits = search(question)
+        earlier = [m["content"] for m in self.history if m["role"] == "user"][-cfg.follow_up_turns:] \
+            if cfg.follow_up_turns else []
+        if earlier:  # a follow-up: fuse with the ranking for it joined to the questions before it
+            from ..rag.lexical import reciprocal_rank_fusion
+
+            fused = reciprocal_rank_fusion([hits, search("\n".join([*earlier, question]))], key=lambda h: h.chunk_id)
+            hits = [h for h, _ in fused[:cfg.top_k]]
+        kept = [(h.title, h.source, h.text, h.similarity) for h in hits]
         if cfg.context_sentences and kept:
             from ..rag.compress import compress_passages
 

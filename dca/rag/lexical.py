@@ -10,6 +10,23 @@ import numpy as np
 
 RRF_K = 60  # Cormack, Clarke & Buettcher 2009, "Reciprocal Rank Fusion outperforms Condorcet..."
 
+
+def reciprocal_rank_fusion(rankings, key=lambda x: x) -> list[tuple[object, float]]:
+    """Fuse rankings (each a sequence, best first) by reciprocal rank: score = sum over the rankings holding an
+    item of 1 / (RRF_K + rank), rank from 1 (Cormack et al. 2009). Items are identified by ``key(item)``; the
+    first item seen for a key stands for it.
+
+    Returns:
+        (item, score) pairs, best first; ties keep the order of first appearance.
+    """
+    fused: dict = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking):
+            k = key(item)
+            first, score = fused.get(k, (item, 0.0))
+            fused[k] = (first, score + 1.0 / (RRF_K + rank + 1))
+    return sorted(fused.values(), key=lambda x: -x[1])
+
 # Function words dropped from lexical queries: they match most chunks and only slow FTS5 down.
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have how i in is it its of on or that the this to was were "

@@ -38,7 +38,7 @@ from ..progress import Progress, ProgressFn, emitter
 from . import index as vindex
 from .chunking import chunk_document
 from .embed import Embedder
-from .lexical import RRF_K, fts_query
+from .lexical import fts_query, reciprocal_rank_fusion
 from .loaders import iter_files, load_file
 
 log = logging.getLogger(__name__)
@@ -525,11 +525,7 @@ class Store:
         if mode in ("lexical", "hybrid"):
             rankings.append(self._lexical(query, n if mode == "hybrid" else k))
         if mode == "hybrid":
-            fused: dict[int, float] = {}
-            for ranking in rankings:
-                for rank, (cid, _) in enumerate(ranking):
-                    fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-            ranked = sorted(fused.items(), key=lambda x: -x[1])[:k]
+            ranked = [(cid, score) for (cid, _), score in reciprocal_rank_fusion(rankings, key=lambda x: x[0])][:k]
         else:
             ranked = rankings[0][:k]
         return self._hits(ranked, qvec)
