@@ -28,3 +28,16 @@ def write_json(path: Path | None, data: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def build_gsm8k_sft(data_dir: Path, n: int, work: Path) -> Path:
+    """The first ``n`` GSM8K train questions as dca traces (reference solutions), one messages JSONL in ``work``."""
+    from dca.distill.importers import convert_record
+    from dca.distill.traces import to_messages
+
+    out = work / "sft.jsonl"
+    with open(out, "w", encoding="utf-8") as f:
+        for i, rec in enumerate(read_jsonl(data_dir / "gsm8k_train.jsonl", n)):
+            t = convert_record(rec, "gsm8k", default_id=f"gsm8k_train_{i}")
+            f.write(json.dumps({"messages": to_messages(t), "id": t.id}) + "\n")
+    return out

@@ -21,31 +21,17 @@ directory for both (``Trainer`` refuses a model loaded from a GGUF; dca trains o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
+from _common import build_gsm8k_sft, default_data_dir, write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 LR = 2e-4
-
-
-def build_data(data_dir: Path, n: int, work: Path) -> Path:
-    """The first ``n`` GSM8K train questions as dca traces (reference solutions), one messages JSONL."""
-    from dca.distill.importers import convert_record
-    from dca.distill.traces import to_messages
-
-    out = work / "sft.jsonl"
-    with open(out, "w", encoding="utf-8") as f:
-        for i, rec in enumerate(read_jsonl(data_dir / "gsm8k_train.jsonl", n)):
-            t = convert_record(rec, "gsm8k", default_id=f"gsm8k_train_{i}")
-            f.write(json.dumps({"messages": to_messages(t), "id": t.id}) + "\n")
-    return out
 
 
 def build_model(kind: str, work: Path) -> str:
@@ -99,7 +85,9 @@ def run_dca(model: str, data: Path, work: Path, args) -> dict:
 
     cfg = TrainConfig(data=[data], out_dir=work / f"dca-{time.time_ns()}", model=model, lora_r=LORA["r"],
                       lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"], target_modules=TARGETS,
-                      seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.warmup + args.steps + 1, lr=LR,
+                      seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=1,
+                      gradient_checkpointing=False,  # as the Trainer side (and dca's defaults before issue 25)
+                      max_steps=args.warmup + args.steps + 1, lr=LR,
                       warmup_ratio=0.0, eval_fraction=0.0, save_every=10_000, seed=0,
                       precision=args.precision)
     train(cfg, progress=progress)
@@ -173,7 +161,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = build_data(args.data_dir, args.examples, work)
+        data = build_gsm8k_sft(args.data_dir, args.examples, work)
         model = build_model(args.model, work)
         results = {"trainer": [], "dca": []}
         for r in range(args.rounds):

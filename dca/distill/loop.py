@@ -30,7 +30,8 @@ DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 # Settings a continued run may change: they do not change the weights. resume/force are actions, not settings.
 _FREE = {"resume", "force", "log_every", "save_every", "keep_checkpoints", "eval_every"}
 _FLAGS = {"data": "DATA", "out_dir": "-o/--out-dir", "model": "-m/--model", "qlora": "--qlora",
-          "packing": "--packing/--no-packing", "gradient_checkpointing": "--gradient-checkpointing"}
+          "packing": "--packing/--no-packing",
+          "gradient_checkpointing": "--gradient-checkpointing/--no-gradient-checkpointing"}
 
 
 def flag(name: str) -> str:
@@ -52,13 +53,17 @@ class TrainConfig:
         qlora: LoRA on a 4-bit NF4 base (``--qlora``); needs CUDA and bitsandbytes. A GGUF base is first written
             out as an HF model directory (:func:`gguf_as_hf_dir`, cached), which bitsandbytes then quantizes.
         lora_r, lora_alpha, lora_dropout: the adapter's rank, scale numerator (the update is scaled by
-            alpha / r) and dropout probability (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``).
+            alpha / r) and dropout probability (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``). Dropout is 0
+            by default (Unsloth's default): a dropout on each adapted projection's input keeps one more copy of that
+            input per projection for the backward pass, for regularisation that short SFT runs rarely need.
         target_modules: names of the linear layers to adapt (``--target-modules``, comma-separated), or
             ``["all-linear"]`` (peft's every linear layer but the LM head).
         seq_len: tokens per row; longer examples are cut to it (``--seq-len``).
         packing: pack several examples into each row (``--packing/--no-packing``); without it one example a row.
         batch_size: rows per micro-batch (``--batch-size``).
-        grad_accum: micro-batches per optimizer step (``--grad-accum``).
+        grad_accum: micro-batches per optimizer step (``--grad-accum``). A step trains on ``batch_size x
+            grad_accum`` rows (4 by default) with its loss normalised by the step's labeled tokens, so only memory
+            and speed depend on how they are split; one row a micro-batch keeps the activations small.
         epochs: passes over the training rows, rounded up to whole steps (``--epochs``).
         max_steps: optimizer steps; overrides ``epochs`` (``--max-steps``).
         lr: peak learning rate (``--lr``); None gives 2e-4 for LoRA, 2e-5 for full fine-tuning.
@@ -81,8 +86,10 @@ class TrainConfig:
             with AVX512-BF16 or AMX; else fp32), ``fp32`` or ``bf16`` (``--precision``). On a 2-core AMD EPYC
             with AVX512-BF16, bf16 trained SmolLM2-135M's LoRA at 210 tokens/s against 120 in fp32.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (``--device``).
-        gradient_checkpointing: recompute activations in the backward pass to save memory
-            (``--gradient-checkpointing``).
+        gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of keeping
+            them (``--gradient-checkpointing/--no-gradient-checkpointing``; on by default). With the defaults'
+            micro-batch of one row it bounds a LoRA step of the bundled model to under 3 GB at about the
+            throughput of four-row micro-batches without it (benchmarks/README.md, "Training memory").
         seed: seeds the adapter's initialisation, the split, the data order and dropout (``--seed``).
         resume: continue the run in ``out_dir`` (``--resume``); running the same command again does too.
         force: delete the run files in ``out_dir`` and start over (``--force``).
@@ -98,12 +105,12 @@ class TrainConfig:
     qlora: bool = False
     lora_r: int = 16
     lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     seq_len: int = 1024
     packing: bool = True
-    batch_size: int = 4
-    grad_accum: int = 1
+    batch_size: int = 1
+    grad_accum: int = 4
     epochs: float = 1.0
     max_steps: int | None = None
     lr: float | None = None
@@ -122,7 +129,7 @@ class TrainConfig:
     chat_template: Path | None = None
     precision: str = "auto"
     device: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     seed: int = 0
     resume: bool = False
     force: bool = False
@@ -281,23 +288,45 @@ def _split_head(model):
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def loss_sum(model, ids, pos, targets, split=None):
-    """Sum over labeled positions of the token cross-entropy (nats), a 0-d float32 tensor.
+LOSS_CHUNK = 1024  # labeled positions whose logits exist at once (a (1024, vocab) float32 block: 200 MB for 49k)
 
-    With ``split`` (from :func:`_split_head`) the LM head runs only on labeled positions: (N, H) -> (N, V)
-    instead of (B, T, V). No attention mask is passed: restarting ``position_ids`` give the block-diagonal
-    causal mask of packed rows (:mod:`dca.distill.data`).
-    """
+
+def _head_loss(head, hidden, labels):
     import torch.nn.functional as F
 
+    return F.cross_entropy(head(hidden).float(), labels, reduction="sum")
+
+
+def loss_sum(model, ids, pos, targets, split=None, chunk: int = LOSS_CHUNK):
+    """Sum over labeled positions of the token cross-entropy (nats), a 0-d float32 tensor.
+
+    With ``split`` (from :func:`_split_head`) the LM head runs only on labeled positions, ``chunk`` of them at a
+    time: (N, H) -> (chunk, V) blocks instead of (B, T, V). While training with more than one block, each is
+    checkpointed (its logits are recomputed in the backward pass rather than kept), so the head's memory is one block
+    whatever the batch, as in the chunked fused linear cross-entropy of Liger-Kernel (Hsu et al. 2024). No
+    attention mask is passed: restarting ``position_ids`` give the block-diagonal causal mask of packed rows
+    (:mod:`dca.distill.data`).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
     mask = targets != IGNORE
-    if split is not None:
-        decoder, head = split
-        hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state  # (B, T, H)
-        logits = head(hidden[mask])  # (N, V)
-    else:
+    if split is None:
         logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[mask]
-    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+        return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    decoder, head = split
+    hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state[mask]  # (N, H)
+    labels = targets[mask]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    blocks = range(0, len(labels), chunk)
+    for i in blocks:
+        h, y = hidden[i:i + chunk], labels[i:i + chunk]
+        if len(blocks) > 1 and torch.is_grad_enabled() and h.requires_grad:  # one block: nothing to gain
+            total = total + checkpoint(_head_loss, head, h, y, use_reentrant=False)
+        else:
+            total = total + _head_loss(head, h, y)
+    return total
 
 
 def evaluate(model, rows: list[Row], *, batch_size: int, pad_id: int, device, autocast, split) -> float | None:
@@ -357,7 +386,10 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
     run_dir.mkdir(parents=True, exist_ok=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel updates each parameter in one pass: on this 2-core CPU a step of all 135M parameters of
+    # SmolLM2 took 0.14 s against 0.77 s for the default multi-tensor one, without its full-size temporaries
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     rows_per_step = cfg.batch_size * cfg.grad_accum
     n_rows = len(train_rows)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_rows / rows_per_step))

@@ -25,7 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError, missing
-from ..progress import ProgressFn
+from ..progress import Progress, ProgressFn, emitter
 from . import rundir
 from .data import DataStats, load_examples, prepare, split_examples
 from .loop import _FREE, DEFAULT_TARGETS, METHODS, TrainConfig, TrainResult, flag, lr_factor, run_loop
@@ -118,6 +118,41 @@ def _check_qlora(device) -> None:
     if device.type != "cuda":
         raise ConfigError("--qlora needs a CUDA GPU (bitsandbytes' 4-bit kernels) and none is in use; drop --qlora to "
                           "train LoRA on the full-precision base, or pass --device cuda on a machine with one")
+
+
+MMAP_THRESHOLD = 4 << 20  # bytes; see bound_heap_growth
+_M_MMAP_THRESHOLD = -3  # malloc.h
+
+
+def bound_heap_growth() -> int | None:
+    """Make glibc return freed tensor buffers to the system, so that training's resident memory stays near what it
+    uses; returns the threshold set, or None when left alone.
+
+    glibc serves a block above its mmap threshold with ``mmap`` and unmaps it when freed, but it raises that
+    threshold to the size of every such block freed (up to 32 MiB). After the first training step the activations
+    (a few to tens of MB each) then come from the heap, whose fragments are kept: the resident size of a LoRA step of
+    the bundled model grew to 4x what the tensors needed (benchmarks/README.md, "Training memory"). Fixing the
+    threshold (``mallopt(M_MMAP_THRESHOLD)``, which also stops the raising) keeps large blocks on ``mmap``. It applies
+    to the whole process from then on. ``DCA_MALLOC_MMAP_THRESHOLD`` (bytes) sets another value, 0 leaves glibc's
+    dynamic threshold; a ``MALLOC_MMAP_THRESHOLD_`` set by the user, or a C library other than glibc, is left alone.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return None
+    try:
+        threshold = int(os.environ.get("DCA_MALLOC_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    except ValueError:
+        raise ConfigError("DCA_MALLOC_MMAP_THRESHOLD must be a number of bytes (0: glibc's own threshold)") from None
+    if threshold <= 0:
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return None
+    return threshold if mallopt(_M_MMAP_THRESHOLD, threshold) == 1 else None
 
 
 def native_bf16(device) -> bool:
@@ -251,7 +286,12 @@ def _adapt(model, cfg: TrainConfig):
         except ValueError as e:
             raise ConfigError(f"--target-modules {','.join(cfg.target_modules)}: {e}") from e
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.2 names it activation checkpointing (the old name warns of its removal in v6)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
 
@@ -300,7 +340,11 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: no CUDA device is visible; use --device cpu")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(device))
+    emit = emitter(progress)
+    bound_heap_growth()
+    emit(Progress("train", phase="loading the model"))
     model, tokenizer, base_path, kind = load_model(cfg, device, bf16)
+    emit(Progress("train", phase="preparing the data"))
     bad: list[BadLine] = []
     examples = load_examples(cfg.data, bad, system=cfg.system_prompt)
     if cfg.eval_data:
