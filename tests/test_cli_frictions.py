@@ -146,3 +146,15 @@ def test_ctrl_c_says_what_was_kept_and_what_continues(offline, monkeypatch, tmp_
     result = runner.invoke(app, ["rag", "ingest", str(tmp_path / "docs")])
     assert result.exit_code == 130
     assert "the store keeps 0 whole files (0 chunks); run the same command to continue" in result.output
+
+
+def test_eval_takes_the_assistant_settings_the_readme_lists(scripted_llm, tmp_path, monkeypatch):
+    data = tmp_path / "g.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}) + "\n")
+    llm = scripted_llm("<think>two and two</think> so \\boxed{4}", think_tags=("<think>", "</think>"))
+    monkeypatch.setattr("dca.assistant.core.load_llm", lambda model, **kw: llm)
+    result = runner.invoke(app, ["eval", "--task", "gsm8k", "--data", str(data), "--vote", "logprob",
+                                 "--min-thinking-tokens", "2", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assistant = json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["assistant"]
+    assert (assistant["vote"], assistant["min_thinking_tokens"]) == ("logprob", 2)

@@ -55,3 +55,19 @@ def test_a_log_gets_a_line_every_so_often_while_the_job_reports_nothing():
         time.sleep(0.75)  # a long phase without events: the heartbeat reprints it with its elapsed time
     lines = buf.getvalue().splitlines()
     assert len(lines) >= 3 and all(line.startswith("export  write") for line in lines)
+
+
+def test_a_status_in_a_log_says_it_is_still_waiting_and_a_quick_one_prints_nothing(monkeypatch):
+    import time
+
+    from dca.cli import common
+
+    console, buf = plain_console()
+    monkeypatch.setattr(common, "err", console)
+    with common.Status("sampling 8 answers", every_s=0.2):
+        time.sleep(0.5)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("sampling 8 answers ... ") for line in lines)
+    with common.Status("loading the model", every_s=0.2):
+        pass
+    assert buf.getvalue().splitlines() == lines

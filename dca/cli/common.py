@@ -9,6 +9,8 @@ terminal a column too wide folds inside its cell; in a pipe or a log the table t
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from pathlib import Path
 
 import typer
@@ -92,15 +94,31 @@ def default_store_dir(store_dir: Path | None) -> Path:
 
 
 class Status:
-    """A spinner with a message on stderr while something runs (a terminal only: nothing is printed to a pipe),
-    as a context manager or by :meth:`stop`."""
+    """A spinner with a message on stderr while something runs, as a context manager or by :meth:`stop`. In a
+    terminal only; in a pipe or a log, a plain line ``MESSAGE ... Ns`` every ``every_s`` seconds (9: a line at least every 10 s) of a wait that
+    lasts that long (a quick wait prints nothing)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, every_s: float = 9.0):
         self._status = err.status(Text(message, style="dim")) if err.is_terminal else None
+        self._done = threading.Event()
+        self._beat = None
         if self._status is not None:
             self._status.start()
+        elif every_s > 0:
+            self._beat = threading.Thread(target=self._heartbeat, args=(message, every_s), name="dca-status",
+                                          daemon=True)
+            self._beat.start()
+
+    def _heartbeat(self, message: str, every_s: float) -> None:
+        t0 = time.monotonic()
+        while not self._done.wait(every_s):
+            err.print(Text(f"{message} ... {time.monotonic() - t0:.0f}s", style="dim"))
 
     def stop(self) -> None:
+        self._done.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
         if self._status is not None:
             self._status.stop()
             self._status = None

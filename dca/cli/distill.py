@@ -172,7 +172,7 @@ def distill_filter(
     print_table(t)
     kept = report.tokens["kept"]
     lengths = f"; kept traces: median {kept['median']:.0f}, max {kept['max']} tokens" if kept["n"] else ""
-    out.print(f"kept {report.kept} of {report.total} traces in {report.wall_s:.1f}s{lengths} ({report.token_counter})")
+    out.print(f"kept {report.kept} of {report.total} traces in {report.wall_s:.1f}s{lengths}; counted by {report.token_counter}")
     out.print(f"wrote {cfg.out} and {cfg.report_dir}: verdicts.jsonl report.json lengths.png config.json")
 
 # -- train ---------------------------------------------------------------------------------------------------

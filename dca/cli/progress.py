@@ -17,7 +17,9 @@ from rich.text import Text
 
 from ..progress import Progress as Event
 
-PLAIN_EVERY_S = 10.0
+# 9, not 10: the heartbeat thread wakes late when the job holds the GIL (10.8 s seen while transformers loaded a
+# GGUF), and a log should get a line at least every 10 s
+PLAIN_EVERY_S = 9.0
 
 
 def hms(seconds: float) -> str:
