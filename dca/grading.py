@@ -101,7 +101,8 @@ def extract_answer(text: str) -> str | None:
        ``\\frac{1}{2}``; ``\\boxed 5`` gives ``5``), the MATH convention (Hendrycks et al. 2021);
     2. the rest of the line after the last ``#### `` (GSM8K, Cobbe et al. 2021);
     3. the last "The answer is ...", "The final answer is ...", "Final answer: ..." or "Answer: ..."
-       (any case), up to the end of its sentence or line;
+       (any case), up to the end of its sentence or line; of a worked expression, the value after its last
+       ``=`` (or ``≈``), without a clause after a comma ("is 24 x 5 = 100, which is the total": ``100``);
     4. the last number in the text (``-3``, ``1,234``, ``2.5``, ``3/4``).
 
     Returns:
@@ -117,9 +118,19 @@ def extract_answer(text: str) -> str | None:
             return _clean(m.group(1))
     for m in reversed(list(_ANSWER_PHRASE.finditer(text))):
         if _clean(m.group(1)):  # the phrase runs to the end of its sentence or line
-            return _clean(m.group(1))
+            return _phrase_value(_clean(m.group(1)))
     numbers = _LAST_NUMBER.findall(text)
     return numbers[-1] if numbers else None
+
+
+def _phrase_value(phrase: str) -> str:
+    """The value an answer phrase states: after the last ``=`` or ``≈`` of a worked expression, before a clause
+    that follows a comma after a number ("The answer is 24 x 5 = 100, which is the total" gives ``100``)."""
+    tail = re.split(r"\s*(?:=|≈|\\approx)\s*", phrase)[-1]
+    head = re.split(r",\s+(?=[^\W\d_])", tail)[0]
+    if re.search(r"\d", head):  # a number, then words: "Paris, France" stays whole
+        tail = head
+    return _clean(tail) or phrase
 
 
 def _unwrap_text(s: str, drop_units: bool) -> str:

@@ -140,6 +140,9 @@ def test_tricky_pairs(prediction, gold, expected):
         ("it drops to -7 degrees", "-7"),
         ("about 3/4 of them", "3/4"),
         ("a total of 12,500.75 units", "12,500.75"),
+        ("The answer is 24 x 5 = 100, which is the total cost.", "100"),  # the value, not the clause
+        ("So the answer is 1 + (9/3) * 0.7 = 24 / 3 ≈ 8.", "8"),
+        ("Answer: Paris, France", "Paris, France"),
     ],
 )
 def test_extract_answer(text, expected):
