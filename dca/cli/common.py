@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import DcaError
+from .progress import PLAIN_EVERY_S
 
 # markup off: a message is printed as it is (styles come from Text objects); soft_wrap: print() never inserts line
 # breaks of its own (rich's default would break at the console width).
@@ -36,6 +37,18 @@ def print_error(message: str, *, code: str = "error") -> None:
 def print_warning(label: str, message: str) -> None:
     """``LABEL MESSAGE`` on stderr (``skipped``, ``warning``...), the message verbatim."""
     err.print(Text.assemble((label, "yellow"), " ", message))
+
+
+def print_json(data) -> None:
+    """Print ``data`` (dataclasses converted with :func:`dataclasses.asdict`) as indented JSON on stdout: the
+    ``--json`` output of the commands that otherwise print a table. Values JSON cannot hold print as ``str()``."""
+    import json
+    from dataclasses import asdict, is_dataclass
+
+    def plain(x):
+        return asdict(x) if is_dataclass(x) and not isinstance(x, type) else str(x)
+
+    out.print(json.dumps(data, indent=2, default=plain))
 
 
 def interrupted(message: str) -> typer.Exit:
@@ -95,10 +108,10 @@ def default_store_dir(store_dir: Path | None) -> Path:
 
 class Status:
     """A spinner with a message on stderr while something runs, as a context manager or by :meth:`stop`. In a
-    terminal only; in a pipe or a log, a plain line ``MESSAGE ... Ns`` every ``every_s`` seconds (9: a line at least every 10 s) of a wait that
-    lasts that long (a quick wait prints nothing)."""
+    terminal only; in a pipe or a log, a plain line ``MESSAGE ... Ns`` every ``every_s`` seconds of a wait that lasts
+    that long (a quick wait prints nothing), as :class:`~dca.cli.progress.ProgressView` does for progress."""
 
-    def __init__(self, message: str, *, every_s: float = 9.0):
+    def __init__(self, message: str, *, every_s: float = PLAIN_EVERY_S):
         self._status = err.status(Text(message, style="dim")) if err.is_terminal else None
         self._done = threading.Event()
         self._beat = None

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from .common import err, handles_errors, interrupted, out, print_error, print_table, print_warning, table
+from .common import err, handles_errors, interrupted, out, print_error, print_json, print_table, print_warning, table
 from .options import assistant_options, json_option, model_option
 from .progress import ProgressView
 
@@ -80,11 +80,7 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
 
     c = compare_reports(a, b)
     if as_json:
-        import json
-        from dataclasses import asdict
-
-        out.print(json.dumps({"a": str(a), "b": str(b), "paired_items": c.paired_items,
-                              "rows": [asdict(r) for r in c.rows], "notes": list(c.notes)}, indent=2))
+        print_json({"a": str(a), "b": str(b), "paired_items": c.paired_items, "rows": c.rows, "notes": list(c.notes)})
         return
     metrics = set(c.a.metrics) | set(c.b.metrics)
     t = table("metric", "A", "B", "B - A", "95% interval", "significant", "method")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import List
 
 import typer
 from rich.text import Text
 
-from .common import err, handles_errors, out, print_table, table
+from .common import err, handles_errors, out, print_json, print_table, table
 from .options import json_option
 
 app = typer.Typer(help="List the bundled and registered models, register a GGUF, or forget one.")
@@ -27,7 +25,7 @@ def models(ctx: typer.Context, as_json: bool = json_option()):
 
     entries = list_models()
     if as_json:
-        out.print(json.dumps([asdict(m) for m in entries], indent=2))
+        print_json(entries)
         return
     t = table("name", "kind", "origin", "size", "path")
     for m in entries:

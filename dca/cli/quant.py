@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from ..quant import CheckConfig, ExportConfig
-from .common import err, handles_errors, interrupted, not_written, out, print_table, table
+from .common import err, handles_errors, interrupted, not_written, out, print_json, print_table, table
 from .options import config_option, json_option, with_default
 from .progress import ProgressView
 
@@ -93,10 +93,7 @@ def quant_check(
     with ProgressView(err, transient=True) as view:
         results = check(cfg, progress=view)
     if as_json:
-        import json
-        from dataclasses import asdict
-
-        out.print(json.dumps([asdict(r) for r in results], indent=2, default=str))
+        print_json(results)
         return
     t = table("GGUF", "type", "MB", "top-1", "KL", "PPL", "ref PPL", "eval tok/s", "gen tok/s", "chat ids")
     for r in results:

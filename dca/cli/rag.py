@@ -16,6 +16,7 @@ from .common import (
     interrupted,
     out,
     print_error,
+    print_json,
     print_table,
     print_warning,
     table,
@@ -113,7 +114,6 @@ def rag_info(store_dir: Optional[Path] = store_dir_option(),
              files: bool = typer.Option(False, "--files", help="Also list the stored files.", metavar=""),
              as_json: bool = json_option()):
     """Show the store's counts, size, embedder and index type (and with --files, its files)."""
-    import json
     from dataclasses import asdict
 
     from ..rag import Store
@@ -121,7 +121,7 @@ def rag_info(store_dir: Optional[Path] = store_dir_option(),
     store = Store.open(default_store_dir(store_dir), embedder(embedder_path))
     i = store.info()
     if as_json:
-        out.print(json.dumps({**asdict(i), "file_paths": store.files()}, indent=2))
+        print_json({**asdict(i), "file_paths": store.files()})
         return
     dim = f"{i.dim}-d" if i.dim else "dimension known once a chunk is stored"
     rows = [("path", i.path), ("format version", i.version), ("embedder", f"{i.embedder} ({dim})"),
