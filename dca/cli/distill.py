@@ -178,6 +178,17 @@ def distill_filter(
 # -- train ---------------------------------------------------------------------------------------------------
 
 
+def _train_interrupted(out_dir: Path) -> typer.Exit:
+    """The Ctrl-C message of a training run: its last checkpoint, or that none was written yet."""
+    from ..distill import rundir
+
+    kept = rundir.checkpoints(out_dir)
+    if kept:
+        return interrupted(f"step {kept[-1][0]} is checkpointed in {kept[-1][1]}; run the same command to "
+                           "continue from it")
+    return interrupted("before the first step: nothing to keep; run the same command to start again")
+
+
 @app.command("train")
 @handles_errors
 def distill_train(
@@ -239,13 +250,7 @@ def distill_train(
         with ProgressView(err) as view:
             result = train(cfg, progress=view)
     except KeyboardInterrupt:
-        from ..distill import rundir
-
-        kept = rundir.checkpoints(cfg.out_dir)
-        if kept:
-            raise interrupted(f"step {kept[-1][0]} is checkpointed in {kept[-1][1]}; run the same command to "
-                              "continue from it") from None
-        raise interrupted("before the first step: nothing to keep; run the same command to start again") from None
+        raise _train_interrupted(cfg.out_dir) from None
     for b in result.bad:
         print_warning("skipped", str(b))
     if result.already_complete:
