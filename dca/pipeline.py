@@ -4,7 +4,7 @@ Stages, in order (a stage left out of the file is not run); each section holds t
 what the chain fills in, and writes under ``out_dir``:
 
 ``import_traces``
-    ``src``, ``format`` (:func:`~dca.distill.importers.import_traces`) -> ``traces.jsonl``.
+    ``src``, ``format``, ``calculator_notes`` (:func:`~dca.distill.importers.import_traces`) -> ``traces.jsonl``.
 ``generate``
     :class:`~dca.distill.generate.GenerateConfig` but ``out`` -> ``traces.jsonl``.
 ``filter``
@@ -52,7 +52,7 @@ STAGES = ("import_traces", "generate", "filter", "train", "export", "quantize", 
 # Fields of each stage's config that the chain fills in; a section may not set them.
 _OWNED = {"generate": {"out"}, "filter": {"out", "report_dir", "force"}, "train": {"out_dir", "resume", "force"},
           "export": {"source", "out", "force"}, "eval": {"model", "out_dir", "resume", "force"}}
-_IMPORT_KEYS = {"src", "format"}
+_IMPORT_KEYS = {"src", "format", "calculator_notes"}
 _QUANTIZE_KEYS = {"qtype", "threads", "token_embedding_type", "output_tensor_type"}
 
 @dataclass
@@ -332,6 +332,7 @@ def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: b
         from .distill.importers import import_traces
 
         r = import_traces(stage_cfg["src"], paths["traces"], fmt=stage_cfg.get("format", "auto"), force=True,
+                          calculator_notes=bool(stage_cfg.get("calculator_notes", False)),
                           progress=emit)
         return f"{r.written} traces ({len(r.bad)} lines skipped)"
     if name == "generate":

@@ -489,3 +489,53 @@ def test_help_and_import_do_not_load_torch():
             "print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- a verifier: the same SFT code on Yes/No examples ---------------------------------------------------------
+
+
+def _p_yes(model, tok, messages) -> float:
+    """P(Yes) / (P(Yes) + P(No)) as the whole assistant answer, the score of dca.assistant.verifier.Verifier."""
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    logs = []
+    for word in ("Yes", "No"):
+        ids = tok(prompt + word + "<|im_end|>", add_special_tokens=False, return_tensors="pt").input_ids
+        n = len(tok(prompt, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        logs.append(sum(float(logp[i - 1, ids[0, i]]) for i in range(n, ids.shape[1])))
+    return float(torch.softmax(torch.tensor(logs), 0)[0])
+
+
+def test_verifier_training_moves_scores_toward_the_labels(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dca.distill.train import train
+    from dca.distill.verifier import _orm_examples
+
+    rows = [{"id": f"q{i}", "question": f"How many clips did Natalia sell? ({i})",
+             "samples": [{"text": f"({i}) 48 + 24 = 72. So the answer is 72.", "correct": True},
+                         {"text": f"({i}) 48 / 2 = 24. So the answer is 24.", "correct": False}]}
+            for i in range(6)]
+    examples = list(_orm_examples(rows))
+    data = tmp_path / "orm.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    result = train(cfg_for(tiny, data, tmp_path / "verifier", method="full", max_steps=40, lr=1e-2,
+                           eval_fraction=0.0, save_every=40))
+    tok = AutoTokenizer.from_pretrained(tiny)
+
+    def scores(model_dir) -> list[float]:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        return [_p_yes(model, tok, e["messages"][:-1]) for e in examples]
+
+    labels = [e["label"] for e in examples]
+    assert labels == [1, 0] * 6
+    before, after = scores(tiny), scores(result.output)
+    # the right solutions now score above the wrong ones, each of them (AUROC 1), by a margin the untrained
+    # model did not have (its P(Yes) is near-constant: 'Yes' is a byte longer than 'No' in this tokenizer)
+
+    def gap(ss):
+        return sum(ss[0::2]) / 6 - sum(ss[1::2]) / 6
+
+    assert min(after[0::2]) > max(after[1::2]), after
+    assert gap(after) > gap(before) + 0.05, (gap(before), gap(after))

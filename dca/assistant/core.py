@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..llm import LLM, check_llm, load_llm
+from ..tools import ToolRunner, get_tools
 from .citations import Source, format_passages, resolve_citations
 from .config import AssistantConfig
 from .strategies import SCAFFOLD_THINK, Generation, Outcome, choose_strategy, get_strategy
@@ -57,6 +58,27 @@ class Assistant:
         self.store = store
         self.history: list[dict] = []
         self._cancel = threading.Event()
+        self.verifier = None
+        self._verifier_source = None
+
+    def verifier_for(self, cfg: AssistantConfig):
+        """The :class:`~dca.assistant.verifier.Verifier` of ``cfg.verifier``, loaded on first use and kept while
+        the setting stays the same; None without one. A Verifier assigned to ``self.verifier`` (one built on a model
+        of the caller's) is used whatever the setting.
+
+        Raises:
+            ModelError: the file is not a loadable GGUF (the message names it and ``--verifier``).
+        """
+        if self.verifier is not None and self._verifier_source is None:  # given by the caller
+            return self.verifier
+        if not cfg.verifier:
+            return None
+        if self.verifier is None or self._verifier_source != cfg.verifier:
+            from .verifier import Verifier
+
+            self.verifier = Verifier(cfg.verifier)
+            self._verifier_source = cfg.verifier
+        return self.verifier
 
     def reset(self) -> None:
         """Forget the conversation history."""
@@ -170,7 +192,8 @@ class Assistant:
         prompt, sources = self._fit(question, sources, reserve)
         yield StreamChunk("sources", sources=sources)
 
-        gen = Generation(self.llm, self._open_thinking(prompt, thinking), cfg, thinking, question, sources, stop_now)
+        gen = Generation(self.llm, self._open_thinking(prompt, thinking), cfg, thinking, question, sources, stop_now,
+                         ToolRunner(get_tools(cfg.tools)), self.verifier_for(cfg))
         first: float | None = None
         run = strategy.run(gen)
         while True:
@@ -189,7 +212,8 @@ class Assistant:
         thinking_text = outcome.thinking.strip()
         stats = self._stats(outcome, gen.prompt, text, thinking_text, t0, t_retrieved, first or t_end, t_end)
         answer = Answer(question, cited_text, thinking_text, sources, stats, cancelled=stop_now(),
-                        samples=outcome.samples, votes=outcome.votes, strategy=name, truncated=outcome.truncated)
+                        samples=outcome.samples, votes=outcome.votes, strategy=name, truncated=outcome.truncated,
+                        tool_calls=outcome.tool_calls, chosen=outcome.chosen)
         if text:
             self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
         yield StreamChunk("done", text=cited_text, sources=sources, answer=answer)

@@ -46,6 +46,8 @@ class Sample:
         mean_logprob: mean natural-log token probability of the whole completion.
         tokens: tokens generated.
         finish: ``"stop"``, ``"length"`` (cut at the token limit) or ``"cancelled"``.
+        tool_calls: the tool calls made in this sample (:class:`dca.tools.ToolCall`).
+        score: the verifier's score, P(Yes) in [0, 1] (:mod:`dca.assistant.verifier`); None when not scored.
     """
 
     text: str
@@ -54,6 +56,8 @@ class Sample:
     mean_logprob: float
     tokens: int
     finish: str = "stop"
+    tool_calls: tuple = ()
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class Answer:
         strategy: the name of the test-time strategy that produced it.
         truncated: the answer was cut at ``max_tokens`` (or its sample at the sampling limit): it may end
             mid-sentence.
+        tool_calls: the tool calls made while thinking and answering (:class:`dca.tools.ToolCall`; with k > 1,
+            the chosen sample's); the replies are in ``text``/``thinking`` as the tool wrote them.
+        chosen: the index in ``samples`` of the sample ``text`` comes from; None without samples.
     """
 
     question: str
@@ -85,6 +92,8 @@ class Answer:
     votes: tuple[Vote, ...] = ()
     strategy: str = ""
     truncated: bool = False
+    tool_calls: tuple = ()
+    chosen: int | None = None
 
     @property
     def citations(self) -> tuple[Source, ...]:

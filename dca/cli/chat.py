@@ -14,8 +14,8 @@ from .options import assistant_options, config_option, model_option
 
 
 def print_answer_stream(bot, question: str, show_thinking: bool):
-    """Stream the answer to ``question`` on stdout, then its cited sources, votes and figures; returns the
-    :class:`~dca.assistant.Answer`."""
+    """Stream the answer to ``question`` on stdout, then its cited sources, tool calls (with ``show_thinking``),
+    votes and figures; returns the :class:`~dca.assistant.Answer`."""
     answer = None
     in_thinking = False
     printed = ""  # the last answer piece, to place the truncation marker
@@ -52,6 +52,9 @@ def print_answer_stream(bot, question: str, show_thinking: bool):
             out.print(Text(f"(the model cited nothing; dca added {markers} after the sentences that restate "
                            f"{'that passage' if len(added) == 1 else 'those passages'})", style="dim"))
         print_sources(answer, cited_only=True)
+        if show_thinking and answer.tool_calls:
+            out.print(Text(f"tool calls ({len(answer.tool_calls)}): " + "; ".join(map(str, answer.tool_calls)),
+                           style="dim"))
         if answer.votes:
             out.print(Text(describe_votes(answer), style="dim"))
         st = answer.stats

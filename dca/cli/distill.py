@@ -13,6 +13,7 @@ from rich.text import Text
 from ..distill.filter import FilterConfig
 from ..distill.generate import GenerateConfig
 from ..distill.loop import TrainConfig
+from ..distill.verifier import VerifierDataConfig
 from .common import (
     Status,
     err,
@@ -93,6 +94,58 @@ def distill_generate(
         print_error(f"{report.failed} samples failed; run the same command again to retry them")
         raise typer.Exit(1)
 
+# -- verifier ------------------------------------------------------------------------------------------------
+
+
+@app.command("verifier")
+@handles_errors
+def distill_verifier(
+    questions: Path = typer.Argument(..., help="JSONL training questions with gold answers (the shapes of dca distill generate), e.g. gsm8k_train.jsonl."),
+    out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Directory for samples.jsonl, orm.jsonl (and prm.jsonl), report.json; re-running the same command resumes it."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="The student whose samples the verifier will judge: GGUF path or name \\[default: the bundled model]."),
+    samples: Optional[int] = typer.Option(None, "--samples", help=with_default("Samples per question.", VerifierDataConfig, "samples")),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions with a gold answer \\[default: all]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=with_default("Temperature of the samples.", VerifierDataConfig, "temperature")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=with_default("Most tokens per sample.", VerifierDataConfig, "max_tokens")),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=with_default("Repeat penalty of the samples; 1 is off.", VerifierDataConfig, "repeat_penalty")),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="The student's system prompt \\[default: the GSM8K task's]."),
+    tools: Optional[str] = typer.Option(None, "--tools", help="Tools answered while sampling, as at test time: calculator \\[default: none]."),
+    process: bool = typer.Option(False, "--process", help="Also label each step by rollouts (Math-Shepherd) and write prm.jsonl for a process verifier.", metavar=""),
+    rollouts: Optional[int] = typer.Option(None, "--rollouts", help=with_default("Continuations per step with --process.", VerifierDataConfig, "rollouts")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Sampling seed; each question's is derived from it and its id.", VerifierDataConfig, "seed")),
+    force: bool = typer.Option(False, "--force", help="Start over, deleting what an earlier run wrote in -o.", metavar=""),
+):
+    """Sample a student's solutions to training questions, label them with the answer checker, and write a
+    verifier's training data (messages answered Yes/No) for: dca distill train
+
+    The verifier is then trained and exported like any student, and scores samples at test time:
+
+      dca distill train DIR/orm.jsonl -m student.F16.gguf -o verifier --method full
+      dca quant export verifier/model -t Q8_0 -o verifier.gguf
+      dca eval --task gsm8k --data gsm8k_test.jsonl -m student.gguf --samples 8 --verifier verifier.gguf -o runs/wv8
+    """
+    from ..distill.verifier import VerifierDataConfig, make_verifier_data
+
+    given = {"model": model, "samples": samples, "limit": limit, "temperature": temperature, "max_tokens": max_tokens,
+             "repeat_penalty": repeat_penalty, "system_prompt": system_prompt, "tools": tools, "rollouts": rollouts,
+             "seed": seed}
+    cfg = VerifierDataConfig(questions=questions, out_dir=out_dir, process=process, force=force,
+                             **{k: v for k, v in given.items() if v is not None})
+    try:
+        with ProgressView(err) as view:
+            report = make_verifier_data(cfg, progress=view)
+    except KeyboardInterrupt:
+        raise interrupted(f"finished questions are kept in {cfg.out_dir / 'samples.jsonl'}; run the same command "
+                          "to continue") from None
+    for b in report.bad_lines:
+        print_warning("skipped", b)
+    files = "orm.jsonl" + (", prm.jsonl" if cfg.process else "")
+    out.print(f"{report.questions} questions ({report.skipped} done before), {report.samples} samples, "
+              f"{report.correct} right ({report.correct / max(1, report.samples):.1%}), pass@{cfg.samples} "
+              f"{report.pass_at_k:.1%}; wrote {report.orm_examples} outcome examples"
+              + (f" and {report.prm_examples} step examples ({report.rollouts} rollouts)" if cfg.process else "")
+              + f" to {cfg.out_dir} ({files}) in {report.seconds:.0f}s")
+
 # -- import --------------------------------------------------------------------------------------------------
 
 
@@ -103,10 +156,14 @@ def distill_import(
     out_path: Path = typer.Option(..., "-o", "--out", help="Trace JSONL to write (atomically)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="auto | gsm8k | math | think-final | sharegpt | messages \\[default: auto, by keys, line by line]."),
     force: bool = typer.Option(False, "--force", help="Overwrite -o/--out if it exists.", metavar=""),
+    calculator_notes: bool = typer.Option(False, "--keep-calculator-notes", metavar="",
+                                          help="Keep GSM8K's calculator notes (<<48/2=24>>) in the solutions, so "
+                                               "that a student trained on them writes notes for --tools calculator."),
 ):
     """Convert existing solutions or reasoning traces into a dca trace file for: dca distill filter
 
-    GSM8K solutions become worked answers ending in \\boxed{N} (calculator notes removed, gold N); think/final
+    GSM8K solutions become worked answers ending in \\boxed{N} (calculator notes removed unless
+    --keep-calculator-notes, gold N); think/final
     traces keep their thinking, and an unclosed think block marks a trace truncated. Lines that cannot be
     converted are reported with their line numbers and skipped.
     """
@@ -114,7 +171,7 @@ def distill_import(
 
     with ProgressView(err, transient=True) as view:
         try:
-            report = import_traces(src, out_path, force=force, progress=view,
+            report = import_traces(src, out_path, force=force, calculator_notes=calculator_notes, progress=view,
                                    **({"fmt": fmt} if fmt is not None else {}))
         except KeyboardInterrupt:
             raise interrupted(not_written(out_path)) from None

@@ -18,10 +18,11 @@ Input shapes (JSONL, one object a line), detected by key with ``fmt="auto"``, in
 How each becomes a trace (:class:`~dca.distill.traces.Trace`):
 
 * gsm8k: the reference solution is a worked answer with no separate thinking, so ``thinking = ""`` and
-  ``answer`` is the solution with the calculator notes ``<<48/2=24>>`` removed and the ``#### N`` line
-  replaced by ``\\boxed{N}`` on the last line; ``gold = N``, ``closed = True``. As training data the
-  student learns to reason step by step in its answer and box the result, the format of
-  ``dca eval --task gsm8k``'s prompt. Teacher ``{"name": "gsm8k-reference", "kind": "import"}``.
+  ``answer`` is the solution with the calculator notes ``<<48/2=24>>`` removed (kept with
+  ``calculator_notes=True``, so that a student learns to write them for the ``calculator`` tool of
+  :mod:`dca.tools`) and the ``#### N`` line replaced by ``\\boxed{N}`` on the last line; ``gold = N``,
+  ``closed = True``. As training data the student learns to reason step by step in its answer and box the
+  result, the format of ``dca eval --task gsm8k``'s prompt. Teacher ``{"name": "gsm8k-reference", "kind": "import"}``.
 * math: the same for MATH solutions, which already end in ``\\boxed{}``: ``answer = solution``,
   ``gold = answer`` (else the solution's last ``\\boxed{}``), id from ``unique_id``. Teacher ``math-reference``.
 * think-final: ``thinking = think``, ``answer = final``, ``gold = gold_answer``; ``closed`` is
@@ -141,13 +142,14 @@ def _flag(value: object, name: str) -> bool | None:
     raise ValueError(f'"{name}" must be true or false, got {value!r}')
 
 
-def _gsm8k(obj: dict) -> dict:
+def _gsm8k(obj: dict, calculator_notes: bool = False) -> dict:
     question, solution = _text(obj, "question"), _text(obj, "answer")
     m = _GSM8K_FINAL.search(solution)
     if m is None or not m.group(1).strip():
         raise ValueError('"answer" does not end in a "#### N" line (the GSM8K final answer)')
     gold = m.group(1).strip()
-    steps = _CALCULATOR_NOTE.sub("", solution[: m.start()]).strip()
+    steps = solution[: m.start()] if calculator_notes else _CALCULATOR_NOTE.sub("", solution[: m.start()])
+    steps = steps.strip()
     answer = f"{steps}\n\\boxed{{{gold}}}" if steps else f"\\boxed{{{gold}}}"
     return {"question": question, "thinking": "", "answer": answer, "gold": gold, "closed": True,
             "teacher": {"name": "gsm8k-reference", "kind": "import"}}
@@ -236,7 +238,8 @@ _CONVERTERS = {"gsm8k": _gsm8k, "math": _math, "think-final": _think_final, "sha
                "messages": lambda o: _chat(o, "messages")}
 
 
-def convert_record(obj: dict, fmt: str, *, default_id: str, sample: int = 0, source: str = "") -> Trace:
+def convert_record(obj: dict, fmt: str, *, default_id: str, sample: int = 0, source: str = "",
+                   calculator_notes: bool = False) -> Trace:
     """Convert one input record of shape ``fmt`` into a trace (the rules are in the module docstring).
 
     Args:
@@ -245,19 +248,24 @@ def convert_record(obj: dict, fmt: str, *, default_id: str, sample: int = 0, sou
         default_id: the id used when the record has no ``id`` field.
         sample: the trace's sample index.
         source: where it came from, recorded in ``teacher.params``.
+        calculator_notes: keep GSM8K's ``<<EXPR=RESULT>>`` notes (recorded in ``teacher.params`` when set).
 
     Raises:
         ValueError: a field the shape needs is missing or of the wrong type; the message names it.
     """
-    fields = _CONVERTERS[fmt](obj)
+    fields = _gsm8k(obj, calculator_notes) if fmt == "gsm8k" else _CONVERTERS[fmt](obj)
     record_id = obj.get("id", obj.get("unique_id"))
     trace_id = str(record_id) if isinstance(record_id, (str, int)) and not isinstance(record_id, bool) else default_id
     fields["teacher"]["params"] = {"source": source, "format": fmt}
+    if calculator_notes and fmt == "gsm8k":
+        fields["teacher"]["params"]["calculator_notes"] = True
     return Trace(id=trace_id, sample=sample, **fields)
 
 
-def iter_imported(src: str | Path, fmt: str = "auto", bad: list[BadLine] | None = None) -> Iterator[tuple[str, Trace]]:
+def iter_imported(src: str | Path, fmt: str = "auto", bad: list[BadLine] | None = None, *,
+                  calculator_notes: bool = False) -> Iterator[tuple[str, Trace]]:
     """Yield (input shape, trace) for each convertible line of ``src``; other lines go to ``bad`` and are skipped.
+    ``calculator_notes``: as in :func:`convert_record`.
 
     Raises:
         ConfigError: ``fmt`` is not one of :data:`FORMATS`.
@@ -277,7 +285,8 @@ def iter_imported(src: str | Path, fmt: str = "auto", bad: list[BadLine] | None 
                                                  f"got {', '.join(sorted(obj)) or 'none'}"))
             continue
         try:
-            trace = convert_record(obj, shape, default_id=f"{src.stem}_{number - 1}", source=src.name)
+            trace = convert_record(obj, shape, default_id=f"{src.stem}_{number - 1}", source=src.name,
+                                   calculator_notes=calculator_notes)
         except (ValueError, TypeError) as e:
             bad.append(BadLine(str(src), number, f"not a {shape} record: {e}"))
             continue
@@ -289,7 +298,7 @@ def iter_imported(src: str | Path, fmt: str = "auto", bad: list[BadLine] | None 
 
 
 def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force: bool = False,
-                  progress: ProgressFn | None = None) -> ImportReport:
+                  calculator_notes: bool = False, progress: ProgressFn | None = None) -> ImportReport:
     """Convert ``src`` into a dca trace file ``out`` (see the module docstring for the shapes and rules).
 
     ``out`` is written to a temporary file and renamed into place at the end, so it is never half-written.
@@ -299,6 +308,8 @@ def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force:
         out: the trace file to write.
         fmt: the input shape, or ``auto`` to detect it line by line (``--format``).
         force: overwrite an existing ``out`` (``--force``).
+        calculator_notes: keep GSM8K's calculator notes ``<<48/2=24>>`` in the solutions
+            (``--keep-calculator-notes``); other shapes have none.
         progress: called with a :class:`~dca.progress.Progress` (job ``import``, unit ``traces``, ``done`` the
             traces written so far, ``total`` unknown) every 500 traces and at the end.
 
@@ -323,7 +334,7 @@ def import_traces(src: str | Path, out: str | Path, *, fmt: str = "auto", force:
     formats: Counter = Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_trace_writer(out) as writer:
-        for shape, trace in iter_imported(src, fmt, report.bad):
+        for shape, trace in iter_imported(src, fmt, report.bad, calculator_notes=calculator_notes):
             writer.write(trace)
             formats[shape] += 1
             report.written += 1

@@ -10,8 +10,11 @@ The output directory (format version 1) is a contract:
     one JSON object per finished item, appended and flushed (and fsynced) as one write: ``index``, ``id``,
     ``question``, ``gold``, ``extracted``, ``correct``, ``scores`` (metric -> per-item value), ``output`` and
     ``thinking`` (raw), ``truncated`` (the answer was cut at ``--max-tokens``), ``voted`` and ``samples``
-    (k > 1), ``retrieved`` (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``),
-    ``tokens_per_s``, ``seconds``. A partial last line left by a kill is dropped on resume.
+    (k > 1), ``tool_calls`` (with ``--tools``: each call's ``tool``, ``input``, ``output``, ``error``, the
+    chosen sample's with k > 1, and ``sample_tool_calls``, the calls per sample), ``chosen`` (k > 1: the index
+    of the sample answered with) and ``sample_scores`` (the verifier's score of each sample), ``retrieved``
+    (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``), ``tokens_per_s``, ``seconds``. A
+    partial last line left by a kill is dropped on resume.
 ``report.json``, ``report.md``
     :class:`~dca.eval.report.EvalReport`, computed from ``predictions.jsonl`` alone, so a resumed run
     reports what an uninterrupted one does (timing aside).
@@ -220,7 +223,8 @@ def _settings_diff(old: dict, new: dict) -> list[str]:
 
     from ..assistant import AssistantConfig
 
-    defaults = {f"assistant.{f.name}": f.default for f in fields(AssistantConfig)}
+    # in the form config.json holds (a tuple default reads back as a list)
+    defaults = {f"assistant.{f.name}": json.loads(json.dumps(f.default)) for f in fields(AssistantConfig)}
     diffs = []
     for key, a, b in setting_pairs(old, new):
         a, b = defaults.get(key) if a is MISSING else a, None if b is MISSING else b
@@ -268,7 +272,7 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
     return []
 
 
-def _record(item, answer, scored: dict) -> dict:
+def _record(item, answer, scored: dict, tools: bool = False) -> dict:
     st = answer.stats
     # the test-time compute spent: all samples' tokens, or in quote mode the candidate tokens scored
     generated = st.generated_tokens or (
@@ -278,6 +282,14 @@ def _record(item, answer, scored: dict) -> dict:
            "output": answer.text, "thinking": answer.thinking, "truncated": answer.truncated,
            "tokens": {"thinking": st.thinking_tokens, "answer": st.answer_tokens, "generated": generated},
            "tokens_per_s": round(st.tokens_per_s, 3)}
+    if answer.chosen is not None:
+        rec["chosen"] = answer.chosen
+    if any(s.score is not None for s in answer.samples):
+        rec["sample_scores"] = [None if s.score is None else round(s.score, 6) for s in answer.samples]
+    if tools:
+        rec["tool_calls"] = [c.to_dict() for c in answer.tool_calls]
+        if answer.samples:
+            rec["sample_tool_calls"] = [len(s.tool_calls) for s in answer.samples]
     return rec
 
 
@@ -354,7 +366,7 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
             assistant.reset()
             assistant.llm.reset()  # each item from a clean context: outputs independent of item order (resume)
             answer = assistant.ask(item.question)
-            rec = _record(item, answer, task.score(item, answer, k))
+            rec = _record(item, answer, task.score(item, answer, k), tools=bool(acfg.tools))
             if recall_k:
                 hits = assistant.store.search(item.question, k=recall_k, mode=acfg.search_mode)
                 rec["retrieved"] = list(dict.fromkeys(h.doc_id for h in hits))

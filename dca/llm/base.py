@@ -8,6 +8,9 @@ declared by class attributes (as simonw/llm's ``Model.supports_*``), not guessed
 ``can_score``
     :meth:`LLM.score`: the log-probability of given continuations as the whole answer (quote mode,
     verifiers that judge by likelihood).
+``can_use_tools``
+    :meth:`LLM.sample` takes ``tools`` (:mod:`dca.tools`) and answers their calls inside each sample.
+    (:meth:`LLM.generate` needs no flag: :func:`dca.llm.tools.generate_with_tools` drives any model's.)
 
 A class that subclasses :class:`LLM` inherits the defaults (no capability; ``reset`` and ``close`` do nothing).
 """
@@ -32,12 +35,14 @@ class Completion:
         mean_logprob: mean natural-log probability of the generated tokens under the model (temperature 1),
             the confidence used by weighted voting; 0.0 when no token was generated.
         finish: ``"stop"`` (end of generation or a stop string), ``"length"`` (max_tokens) or ``"cancelled"``.
+        tool_calls: the tool calls made while sampling it (:class:`dca.tools.ToolCall`), in order.
     """
 
     text: str
     tokens: int
     mean_logprob: float
     finish: str
+    tool_calls: tuple = ()
 
 
 REQUIRED_METHODS = ("render", "count_tokens", "generate", "reset", "close")
@@ -70,6 +75,7 @@ class LLM(Protocol):
             the model has none (dca then uses a step-by-step scaffold).
         can_sample: :meth:`sample` is implemented.
         can_score: :meth:`score` is implemented.
+        can_use_tools: :meth:`sample` takes ``tools``.
     """
 
     name: str
@@ -77,6 +83,7 @@ class LLM(Protocol):
     think_tags: tuple[str, str] | None = None
     can_sample: ClassVar[bool] = False
     can_score: ClassVar[bool] = False
+    can_use_tools: ClassVar[bool] = False
 
     def render(self, messages: Sequence[dict]) -> str:
         """Render ``[{"role", "content"}, ...]`` with the model's chat template, ending in an open assistant turn."""
@@ -105,9 +112,11 @@ class LLM(Protocol):
         ...
 
     def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
-               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
+               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None,
+               **kwargs) -> list[Completion]:
         """Sample ``n`` completions of ``prompt`` that share one prompt evaluation (``can_sample``);
-        ``repeat_penalty`` as in :meth:`generate`.
+        ``repeat_penalty`` as in :meth:`generate`; ``tools=`` (a sequence of :class:`dca.tools.Tool`) only
+        when ``can_use_tools``.
 
         Raises:
             NotImplementedError: the model cannot (``can_sample`` is False).

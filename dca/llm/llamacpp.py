@@ -41,6 +41,7 @@ class LlamaCppLLM(LLM):
 
     can_sample = True
     can_score = True
+    can_use_tools = True
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, name: str | None = None):
@@ -112,12 +113,14 @@ class LlamaCppLLM(LLM):
             stream.close()
 
     def sample(self, prompt: str, *, n: int, max_tokens: int, temperature: float = 0.7, repeat_penalty: float = 1.0,
-               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Completion]:
-        """k completions in parallel llama.cpp sequences (:func:`dca.llm.sampling.sample_parallel`)."""
+               stop: Sequence[str] = (), seed: int = 0, cancel: Callable[[], bool] | None = None,
+               tools: Sequence = ()) -> list[Completion]:
+        """k completions in parallel llama.cpp sequences (:func:`dca.llm.sampling.sample_parallel`), tool calls
+        answered inside each."""
         from .sampling import sample_parallel
 
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
-                               repeat_penalty=repeat_penalty, stop=stop, seed=seed, cancel=cancel)
+                               repeat_penalty=repeat_penalty, stop=stop, seed=seed, cancel=cancel, tools=tools)
 
     def score(self, prompt: str, continuations: Sequence[str], *,
               cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:

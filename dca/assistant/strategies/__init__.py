@@ -23,10 +23,11 @@ and ``AssistantConfig(strategy="echo")``, ``dca chat --strategy echo``, ``dca ev
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ...errors import ConfigError
+from ...tools import ToolCall, ToolRunner
 from ..types import Sample, StreamChunk
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ...voting import Vote
     from ..citations import Source
     from ..config import AssistantConfig
+    from ..verifier import Verifier
 
 # For models without think tags: budget forcing over a plain-text scaffold (Muennighoff et al. 2025, "s1").
 SCAFFOLD_THINK = "Let's think step by step.\n"
@@ -58,6 +60,8 @@ class Outcome:
             prompt; None for the prompt the strategy was given.
         thinking_in_prompt: ``prompt`` holds the thinking (so its tokens are not counted as prompt tokens).
         truncated: the answer was cut at its token limit.
+        tool_calls: the tool calls made while producing ``text`` and ``thinking`` (:mod:`dca.tools`).
+        chosen: the index in ``samples`` of the sample answered with; None without samples.
     """
 
     text: str
@@ -69,6 +73,8 @@ class Outcome:
     prompt: str | None = None
     thinking_in_prompt: bool = False
     truncated: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()
+    chosen: int | None = None
 
 
 @dataclass
@@ -85,6 +91,9 @@ class Generation:
         question: the user's message.
         sources: the numbered passages quoted in the prompt (empty without retrieval).
         cancel: True once the caller asked to stop; poll it between steps.
+        tools: the tool calls of this answer (:class:`dca.tools.ToolRunner`; empty when ``config.tools`` is):
+            :meth:`stream` answers them; strategies that sample pass ``tools.tools`` to :meth:`LLM.sample`.
+        verifier: the verifier of ``config.verifier`` (:class:`dca.assistant.verifier.Verifier`), or None.
     """
 
     llm: LLM
@@ -94,6 +103,8 @@ class Generation:
     question: str
     sources: tuple[Source, ...]
     cancel: Callable[[], bool]
+    tools: ToolRunner = field(default_factory=lambda: ToolRunner(()))
+    verifier: Verifier | None = None
 
     @property
     def token_budget(self) -> int:
@@ -122,12 +133,17 @@ class Generation:
 
     def stream(self, prompt: str, *, kind: str, max_tokens: int, stop: tuple[str, ...], sink: list[str],
                temperature: float | None = None) -> Iterator[StreamChunk]:
-        """Decode from ``prompt`` with :meth:`LLM.generate` (the config's temperature and repeat penalty),
-        yielding each piece as a ``kind`` chunk and appending it to ``sink``."""
+        """Decode from ``prompt`` with :meth:`LLM.generate` (the config's temperature and repeat penalty; tool
+        calls answered by :func:`dca.llm.tools.generate_with_tools` when there are tools), yielding each piece as
+        a ``kind`` chunk and appending it to ``sink``."""
+        from ...llm.tools import generate_with_tools
+
         cfg = self.config
-        for piece in self.llm.generate(prompt, max_tokens=max_tokens,
-                                       temperature=cfg.temperature if temperature is None else temperature,
-                                       stop=stop, repeat_penalty=cfg.repeat_penalty, cancel=self.cancel):
+        kwargs = dict(max_tokens=max_tokens, temperature=cfg.temperature if temperature is None else temperature,
+                      stop=stop, repeat_penalty=cfg.repeat_penalty, cancel=self.cancel)
+        pieces = (generate_with_tools(self.llm, prompt, self.tools, **kwargs) if self.tools
+                  else self.llm.generate(prompt, **kwargs))
+        for piece in pieces:
             sink.append(piece)
             yield StreamChunk(kind, text=piece)
 
@@ -171,10 +187,13 @@ def unregister_strategy(name: str) -> None:
 
 
 def choose_strategy(cfg: AssistantConfig, thinking: bool) -> str:
-    """The strategy ``auto`` stands for: self-consistency for k > 1 samples, quote mode for ``quote``, budget
-    forcing when a minimum of thinking is asked and the answer thinks, else greedy decoding."""
+    """The strategy ``auto`` stands for: verifier-weighted voting for k > 1 samples and a verifier,
+    self-consistency for k > 1 samples, quote mode for ``quote``, budget forcing when a minimum of thinking is
+    asked and the answer thinks, else greedy decoding."""
     if cfg.strategy != "auto":
         return cfg.strategy
+    if cfg.samples > 1 and cfg.verifier:
+        return "weighted_vote"
     if cfg.samples > 1:
         return "self_consistency"
     if cfg.quote:
@@ -196,4 +215,4 @@ def get_strategy(name: str) -> Strategy:
 
 
 # The built-in strategies register themselves on import.
-from . import budget_forcing, greedy, quote, self_consistency  # noqa: E402,F401
+from . import beam_search, budget_forcing, greedy, quote, self_consistency, verifier_search  # noqa: E402,F401

@@ -49,4 +49,4 @@ class Greedy:
         if generated is not None and thinking:
             generated += gen.llm.count_tokens(thinking)
         return replace(outcome, thinking=thinking, generated_tokens=generated, prompt=prompt,
-                       thinking_in_prompt=gen.thinking)
+                       thinking_in_prompt=gen.thinking, tool_calls=tuple(gen.tools.calls))

@@ -1,0 +1,68 @@
+"""Search guided by a verifier over k samples: best-of-N and verifier-weighted voting.
+
+Both draw k samples as self-consistency does (one prompt evaluation, parallel llama.cpp sequences, tools
+answered inside each) and score each whole sample with the outcome verifier (``--verifier``;
+:class:`dca.assistant.verifier.Verifier`, P(Yes)):
+
+``best_of_n``
+    the sample the verifier scores highest (Cobbe et al. 2021; Lightman et al. 2023).
+``weighted_vote``
+    samples clustered by equivalent final answer, each cluster weighted by the sum of its samples' scores; the
+    best-scored sample of the heaviest cluster (Li et al. 2023 "Making Large Language Models Better Reasoners
+    with Step-Aware Verifier"; the weighted best-of-N of Hugging Face's search-and-learn).
+
+The votes an :class:`~dca.assistant.Answer` carries stay the plain majority vote, so ``maj@k`` in ``dca eval``
+keeps its meaning; the strategy's choice is the answer (``accuracy``), and the scores are on each sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ...errors import ConfigError
+from ...voting import Vote, vote
+from ..types import Sample
+from . import Generation, register_strategy
+from .self_consistency import SelfConsistency, _best_in_cluster
+
+
+def _scored(gen: Generation, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+    if gen.verifier is None:
+        raise ConfigError(f"--strategy {gen.config.strategy if gen.config.strategy != 'auto' else 'best_of_n'} "
+                          "needs a verifier: give --verifier GGUF (trained with dca distill verifier)")
+    texts = [(s.thinking + "\n" + s.text).strip() for s in samples]
+    scores = gen.verifier.score(gen.question, texts, cancel=gen.cancel)
+    return tuple(replace(s, score=float(p)) for s, p in zip(samples, scores))
+
+
+@register_strategy("best_of_n")
+class BestOfN(SelfConsistency):
+    """Answer with the sample the verifier scores highest (ties: the first)."""
+
+    def choose(self, gen: Generation, samples: tuple[Sample, ...]) -> tuple[tuple[Sample, ...], tuple, int]:
+        samples = _scored(gen, samples)
+        votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples])
+        best = max(range(len(samples)), key=lambda i: (samples[i].score, -i))
+        return samples, votes, best
+
+
+@register_strategy("weighted_vote")
+class WeightedVote(SelfConsistency):
+    """Answer with the best-scored sample of the cluster whose verifier scores sum highest."""
+
+    def choose(self, gen: Generation, samples: tuple[Sample, ...]) -> tuple[tuple[Sample, ...], tuple, int]:
+        samples = _scored(gen, samples)
+        votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples])
+        weighted = weighted_votes(samples)
+        chosen = _best_in_cluster(samples, weighted, key=lambda s: s.score)
+        return samples, votes, chosen
+
+
+def weighted_votes(samples: tuple[Sample, ...]) -> tuple[Vote, ...]:
+    """Clusters of equivalent answers weighted by the sum of their samples' verifier scores, heaviest first
+    (``Vote.weight`` is that sum); samples without an answer do not vote."""
+    import math
+
+    # dca.voting sums exp(confidence): give it log(score) so that the sums are of the scores themselves
+    logs = [math.log(max(s.score or 0.0, 1e-300)) for s in samples]
+    return vote([s.answer for s in samples], logs, weighted=True)

@@ -1,0 +1,315 @@
+"""``dca distill verifier``: training data for a verifier (reward model) from a student's own samples.
+
+The student answers each training question k times, as it would at test time (its system prompt, the parallel
+llama.cpp sampler of ``--samples``, its tools), and each sample is labelled right or wrong by the shared answer
+checker (:func:`dca.grading.is_equivalent`) against the gold. As TinyGSM (Liu et al. 2023, arXiv 2312.09241)
+and Cobbe et al. 2021, the verifier learns from the generator's own samples, so it judges the mistakes that
+generator makes. The examples are chat messages that :func:`dca.assistant.verifier.verifier_messages` writes
+(the one prompt training and scoring share), answered ``Yes`` or ``No``: ``dca distill train`` fine-tunes them
+into a generative verifier (Zhang et al. 2024, arXiv 2408.15240) that exports to GGUF like any dca model.
+
+With ``process`` each step (a line) of a sample is labelled too, by rollouts continued from it (Math-Shepherd,
+Wang et al. 2023, arXiv 2312.08935, "hard estimation"): a step is good when one of ``rollouts`` continuations
+from the steps up to it reaches the gold answer. A right sample's steps are all good (the sample itself is such
+a continuation); a wrong sample's steps are rolled out in order up to the first bad one, and the steps after it
+are bad, as PRM800K labels a solution up to its first error.
+
+The output directory:
+
+``config.json``
+    ``{"format": "dca-verifier-data", "version": 1, "settings": {...}}``; a rerun under other settings is
+    refused (``--force`` starts over).
+``samples.jsonl``
+    one line per question, appended and fsynced when its k samples (and rollouts) are done: ``id``,
+    ``question``, ``gold``, ``samples`` (``text``, ``answer``, ``correct``, ``tokens``, ``tool_calls``, and with
+    ``process`` ``steps``, one 0/1 label per step). A rerun does only the questions not in it (a partial last
+    line left by ``kill -9`` is dropped), so no sample is drawn twice.
+``orm.jsonl``, ``prm.jsonl``
+    the verifier's training examples (messages JSONL with ``id`` and ``label``), rewritten atomically from
+    ``samples.jsonl`` at the end: one per distinct sample text of a question (``orm``), one per step prefix
+    (``prm``, with ``process``).
+``report.json``
+    counts, the share of right samples, and pass@k over the questions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..assistant.config import GSM8K_SYSTEM_PROMPT
+from ..errors import ConfigError, LoaderError
+from ..paths import atomic_write_json, read_manifest
+from ..progress import Progress, ProgressFn, emitter
+from .generate import load_questions, sample_seed
+from .traces import TraceWriter, atomic_trace_writer, drop_partial_line
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VerifierDataConfig", "VerifierDataReport", "make_verifier_data"]
+
+FORMAT, VERSION = "dca-verifier-data", 1
+SAMPLES, ORM, PRM, CONFIG, REPORT = "samples.jsonl", "orm.jsonl", "prm.jsonl", "config.json", "report.json"
+
+
+@dataclass
+class VerifierDataConfig:
+    """Settings of :func:`make_verifier_data` (``dca distill verifier``).
+
+    Args:
+        questions: JSONL questions with gold answers (the shapes of ``dca distill generate``).
+        out_dir: the output directory (``-o``).
+        model: the student, a GGUF path or registered name (``-m``; None: the bundled model).
+        samples: k, samples per question (``--samples``).
+        limit: the first N questions only (``--limit``).
+        temperature: the samples' temperature (``--temperature``).
+        max_tokens: most tokens per sample (``--max-tokens``).
+        repeat_penalty: as the assistant's (``--repeat-penalty``; 1.0 keeps a sample free to repeat the
+            question's numbers, measured in benchmarks/README.md).
+        system_prompt: the student's system prompt (``--system-prompt``; the GSM8K task's by default).
+        tools: tools answered while sampling (``--tools calculator``), as at test time.
+        process: label each step by rollouts too (``--process``), for a process verifier.
+        rollouts: continuations per step with ``process`` (``--rollouts``).
+        seed: the sampling seed; each question's is derived from it and its id.
+        force: start over, deleting what an earlier run wrote.
+    """
+
+    questions: Path
+    out_dir: Path
+    model: str | None = None
+    samples: int = 8
+    limit: int | None = None
+    temperature: float = 0.7
+    max_tokens: int = 400
+    repeat_penalty: float = 1.0
+    system_prompt: str = GSM8K_SYSTEM_PROMPT
+    tools: tuple[str, ...] = ()
+    process: bool = False
+    rollouts: int = 4
+    seed: int = 0
+    force: bool = False
+
+    def __post_init__(self):
+        self.questions, self.out_dir = Path(self.questions), Path(self.out_dir)
+        if isinstance(self.tools, str):
+            self.tools = tuple(t.strip() for t in self.tools.split(",") if t.strip())
+        self.tools = tuple(self.tools)
+        if not 1 <= self.samples <= 64:
+            raise ConfigError(f"--samples must be in 1..64, got {self.samples}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature must be > 0 (k greedy samples would be one), got {self.temperature}")
+        if self.max_tokens < 1 or not 1 <= self.rollouts <= 64:
+            raise ConfigError("--max-tokens must be >= 1 and --rollouts in 1..64")
+
+    def settings(self) -> dict:
+        out = asdict(self)
+        out.pop("force")
+        return json.loads(json.dumps(out, default=str))
+
+
+@dataclass
+class VerifierDataReport:
+    """What :func:`make_verifier_data` did: questions done (``skipped`` of them by an earlier run), samples and
+    right ones, questions with a right sample (pass@k), examples written, rollouts drawn, seconds."""
+
+    out_dir: str
+    questions: int = 0
+    skipped: int = 0
+    samples: int = 0
+    correct: int = 0
+    solved: int = 0
+    orm_examples: int = 0
+    prm_examples: int = 0
+    rollouts: int = 0
+    seconds: float = 0.0
+    bad_lines: list = field(default_factory=list)
+
+    @property
+    def pass_at_k(self) -> float:
+        return self.solved / self.questions if self.questions else 0.0
+
+
+def _prepare(cfg: VerifierDataConfig) -> None:
+    out = cfg.out_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a file; choose a directory")
+    stored = read_manifest(out / CONFIG, FORMAT) if (out / CONFIG).exists() else None
+    if stored is not None and not cfg.force:
+        saved = stored.get("settings", {})
+        diffs = [k for k, v in cfg.settings().items() if saved.get(k) != v]
+        if diffs:
+            raise ConfigError(f"{out} holds verifier data made with other settings ({', '.join(diffs)}); rerun "
+                              "with the same flags to continue it, or add --force to start over")
+    elif out.exists() and any(out.iterdir()) and not cfg.force:
+        raise ConfigError(f"-o {out} exists and is not a verifier data directory; choose another, or --force")
+    if cfg.force:
+        for name in (SAMPLES, ORM, PRM, CONFIG, REPORT):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CONFIG, {"format": FORMAT, "version": VERSION, "settings": cfg.settings()})
+
+
+def _done_rows(path: Path) -> list[dict]:
+    drop_partial_line(path)
+    rows = []
+    if path.exists():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise LoaderError(path, f"line {number} is not JSON ({e}); delete the line or start over "
+                                            "with --force") from e
+    return rows
+
+
+def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressFn | None = None,
+                       cancel: Callable[[], bool] | None = None) -> VerifierDataReport:
+    """Sample, label and write a verifier's training data (the module docstring has the files).
+
+    Args:
+        cfg: the settings.
+        llm: the student as an :class:`~dca.llm.LLM` that samples (``can_sample``; ``can_use_tools`` with
+            tools); None loads ``cfg.model``.
+        progress: called with :class:`~dca.progress.Progress` events (job ``verifier``, unit ``questions``).
+        cancel: polled between questions; True stops after the current one (what is done is kept).
+
+    Returns:
+        the report, also written as ``report.json``.
+
+    Raises:
+        ConfigError: settings out of range, or ``out_dir`` holds other data.
+        LoaderError: the questions file cannot be read or has no question with a gold answer.
+        ModelError: the model cannot be loaded.
+    """
+    from ..assistant import Assistant, AssistantConfig
+
+    t0 = time.perf_counter()
+    emit = emitter(progress)
+    questions, bad = load_questions(cfg.questions, None)
+    questions = [q for q in questions if q.gold is not None][:cfg.limit]
+    if not questions:
+        raise LoaderError(cfg.questions, "no question with a gold answer (GSM8K '#### N', MATH \\boxed{}, or gold)")
+    _prepare(cfg)
+    rows = _done_rows(cfg.out_dir / SAMPLES)
+    done = {r["id"] for r in rows}
+    report = VerifierDataReport(str(cfg.out_dir), bad_lines=[str(b) for b in bad])
+    report.skipped = sum(q.id in done for q in questions)
+    todo = [q for q in questions if q.id not in done]
+    if todo:
+        acfg = AssistantConfig(samples=cfg.samples, sample_temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                               repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, think=False,
+                               top_k=0, history_turns=0, tools=cfg.tools, strategy="self_consistency")
+        if llm is None:
+            emit(Progress("verifier", phase="loading the model"))
+        bot = Assistant(model=llm if llm is not None else cfg.model, config=acfg)
+        with TraceWriter(cfg.out_dir / SAMPLES) as writer:
+            for i, q in enumerate(todo):
+                if cancel is not None and cancel():
+                    break
+                row = _sample_question(bot, cfg, q)
+                writer.write(row)
+                rows.append(row)
+                report.rollouts += row.pop("_rollouts", 0)
+                emit(Progress("verifier", done=report.skipped + i + 1, total=len(questions), unit="questions",
+                              metrics={"right": sum(s["correct"] for r in rows for s in r["samples"])
+                                       / max(1, sum(len(r["samples"]) for r in rows))}))
+    ids = {q.id for q in questions}
+    rows = [r for r in rows if r["id"] in ids]
+    report.questions = len(rows)
+    report.samples = sum(len(r["samples"]) for r in rows)
+    report.correct = sum(s["correct"] for r in rows for s in r["samples"])
+    report.solved = sum(any(s["correct"] for s in r["samples"]) for r in rows)
+    report.orm_examples = _write_examples(cfg.out_dir / ORM, _orm_examples(rows))
+    if cfg.process:
+        report.prm_examples = _write_examples(cfg.out_dir / PRM, _prm_examples(rows))
+    report.seconds = time.perf_counter() - t0
+    atomic_write_json(cfg.out_dir / REPORT, {**asdict(report), "pass_at_k": report.pass_at_k})
+    return report
+
+
+def _sample_question(bot, cfg: VerifierDataConfig, q) -> dict:
+    from dataclasses import replace
+
+    from ..grading import is_equivalent
+
+    bot.config = replace(bot.config, seed=sample_seed(cfg.seed, q.id, 0))
+    bot.reset()
+    answer = bot.ask(q.question)
+    samples = []
+    rollouts = 0
+    for s in answer.samples:
+        right = s.answer is not None and is_equivalent(s.answer, q.gold)
+        rec = {"text": s.text, "answer": s.answer, "correct": bool(right),
+               "tokens": s.tokens, "tool_calls": [c.to_dict() for c in s.tool_calls]}
+        if cfg.process:
+            rec["steps"], n = _label_steps(bot, cfg, q, s.text, rec["correct"])
+            rollouts += n
+        samples.append(rec)
+    return {"id": q.id, "question": q.question, "gold": q.gold, "samples": samples, "_rollouts": rollouts}
+
+
+def _label_steps(bot, cfg: VerifierDataConfig, q, text: str, correct: bool) -> tuple[list[int], int]:
+    """Math-Shepherd hard labels of a sample's steps: (one 0/1 per step, rollouts drawn)."""
+    from ..assistant.verifier import split_steps
+    from ..grading import extract_answer, is_equivalent
+    from ..tools import get_tools
+
+    steps = split_steps(text)
+    if correct:
+        return [1] * len(steps), 0
+    prompt = bot.llm.render([{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": q.question}])
+    extra = {"tools": get_tools(cfg.tools)} if cfg.tools else {}
+    labels: list[int] = []
+    drawn = 0
+    for i in range(len(steps) - 1):  # the last step holds the wrong final answer: bad without a rollout
+        prefix = "\n".join(steps[:i + 1]) + "\n"
+        outs = bot.llm.sample(prompt + prefix, n=cfg.rollouts, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                              repeat_penalty=cfg.repeat_penalty, seed=sample_seed(cfg.seed, q.id, i + 1), **extra)
+        drawn += len(outs)
+        if not any(is_equivalent(extract_answer(prefix + o.text), q.gold) for o in outs):
+            break
+        labels.append(1)
+    return labels + [0] * (len(steps) - len(labels)), drawn
+
+
+def _orm_examples(rows: list[dict]):
+    from ..assistant.verifier import NO, YES, verifier_messages
+
+    for r in rows:
+        seen = set()
+        for s in r["samples"]:
+            if not s["text"].strip() or s["text"] in seen:
+                continue
+            seen.add(s["text"])
+            yield {"messages": [*verifier_messages(r["question"], s["text"]),
+                                {"role": "assistant", "content": YES if s["correct"] else NO}],
+                   "id": r["id"], "label": int(s["correct"])}
+
+
+def _prm_examples(rows: list[dict]):
+    from ..assistant.verifier import NO, YES, split_steps, verifier_messages
+
+    for r in rows:
+        seen = set()
+        for s in r["samples"]:
+            steps = split_steps(s["text"])
+            for i, label in enumerate(s.get("steps", [])):
+                prefix = "\n".join(steps[:i + 1])
+                if prefix in seen:
+                    continue
+                seen.add(prefix)
+                yield {"messages": [*verifier_messages(r["question"], prefix, process=True),
+                                    {"role": "assistant", "content": YES if label else NO}],
+                       "id": r["id"], "label": label}
+
+
+def _write_examples(path: Path, examples) -> int:
+    with atomic_trace_writer(path) as writer:
+        return writer.write_all(examples)

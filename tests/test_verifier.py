@@ -1,0 +1,166 @@
+"""Verifiers (dca.assistant.verifier) and the search strategies they guide, on scripted models."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from dca.assistant import Assistant
+from dca.assistant.verifier import OUTCOME_QUESTION, PROCESS_QUESTION, Verifier, split_steps, verifier_messages
+from dca.errors import ConfigError, ModelError
+
+
+def _scorer(scripted_llm, p_yes: dict[str, float]):
+    """A scripted verifier model: P(Yes) is ``p_yes[answer]`` for the solution whose boxed answer it reads."""
+
+    class ScoringLLM(scripted_llm):
+        can_score = True
+
+        def score(self, prompt, continuations, *, cancel=None):
+            self.prompts.append(prompt)
+            boxed = re.findall(r"\\boxed\{([^}]*)\}", prompt)
+            p = p_yes.get(boxed[-1] if boxed else "", 0.5)
+            logs = {"Yes": math.log(p), "No": math.log(1 - p)}
+            return np.array([logs[c] for c in continuations]), 2
+
+    return ScoringLLM("unused")
+
+
+def _assistant(scripted_llm, sampled, p_yes, **settings):
+    bot = Assistant(model=scripted_llm("x", sampled=sampled), think=False, **settings)
+    bot.verifier = Verifier(_scorer(scripted_llm, p_yes))
+    return bot
+
+
+MAJORITY_WRONG = [("so \\boxed{41}", -0.1)] * 3 + [("so \\boxed{42}", -1.5)]
+
+
+def test_verifier_scores_p_yes_over_yes_and_no(scripted_llm):
+    model = _scorer(scripted_llm, {"42": 0.9, "41": 0.2})
+    v = Verifier(model)
+    scores = v.score("What is 6 x 7?", ["6*7 = \\boxed{42}", "\\boxed{41}"])
+    assert scores.shape == (2,) and np.allclose(scores, [0.9, 0.2])
+    assert OUTCOME_QUESTION in model.prompts[0] and "What is 6 x 7?" in model.prompts[0]
+    steps = v.score_steps("q", ["a = 6*7", "\\boxed{42}"])
+    assert np.allclose(steps, [0.5, 0.9]) and PROCESS_QUESTION in model.prompts[-1]
+    assert v.tokens > 0
+
+
+def test_best_of_n_picks_the_candidate_the_verifier_ranks_best(scripted_llm):
+    bot = _assistant(scripted_llm, MAJORITY_WRONG, {"42": 0.9, "41": 0.2}, samples=4, strategy="best_of_n")
+    answer = bot.ask("What is 6 x 7?")
+    assert answer.text == "so \\boxed{42}" and answer.chosen == 3
+    assert [s.score for s in answer.samples] == pytest.approx([0.2, 0.2, 0.2, 0.9])
+    assert answer.votes[0].answer == "41"  # the votes stay the majority's: maj@k keeps its meaning
+    # self-consistency on the same samples follows the majority
+    assert Assistant(model=scripted_llm("x", sampled=MAJORITY_WRONG), think=False, samples=4).ask("q").text \
+        == "so \\boxed{41}"
+
+
+def test_weighted_vote_sums_scores_per_answer(scripted_llm):
+    # one sample of 42 scored 0.9 against three of 41 scored 0.5 each: best-of-N takes 42, the vote 41 (1.5 > 0.9)
+    p = {"42": 0.9, "41": 0.5}
+    best = _assistant(scripted_llm, MAJORITY_WRONG, p, samples=4, strategy="best_of_n").ask("q")
+    weighted = _assistant(scripted_llm, MAJORITY_WRONG, p, samples=4, strategy="weighted_vote").ask("q")
+    assert best.text.endswith("{42}") and weighted.text.endswith("{41}")
+    # and with 41 scored 0.2 (0.6 in all) the vote goes to 42
+    low = _assistant(scripted_llm, MAJORITY_WRONG, {"42": 0.9, "41": 0.2}, samples=4, strategy="weighted_vote")
+    assert low.ask("q").text.endswith("{42}")
+
+
+def test_auto_strategy_with_a_verifier_is_the_weighted_vote(scripted_llm):
+    from dca.assistant import AssistantConfig
+    from dca.assistant.strategies import choose_strategy
+
+    assert choose_strategy(AssistantConfig(samples=8, verifier="v.gguf"), False) == "weighted_vote"
+    assert choose_strategy(AssistantConfig(samples=8), False) == "self_consistency"
+    assert choose_strategy(AssistantConfig(verifier="v.gguf"), False) == "greedy"
+
+
+def test_search_without_a_verifier_says_which_flag(scripted_llm):
+    bot = Assistant(model=scripted_llm("x", sampled=MAJORITY_WRONG), think=False, samples=4, strategy="best_of_n")
+    with pytest.raises(ConfigError, match="--verifier"):
+        bot.ask("q")
+
+
+def test_a_verifier_that_is_not_a_gguf_is_named(tmp_path):
+    bogus = tmp_path / "verifier.gguf"
+    bogus.write_text("not a model")
+    with pytest.raises(ModelError, match=r"--verifier.*verifier\.gguf"):
+        Verifier(bogus)
+    with pytest.raises(ModelError, match="--verifier"):
+        Verifier(tmp_path / "missing.gguf")
+
+
+def test_a_verifier_must_score(scripted_llm):
+    with pytest.raises(ConfigError, match="score continuations"):
+        Verifier(scripted_llm("x"))
+
+
+def test_verifier_messages_and_steps():
+    msgs = verifier_messages("Q?", "step 1\n\nstep 2\n")
+    assert msgs[0]["role"] == "user" and msgs[0]["content"].endswith(OUTCOME_QUESTION)
+    assert split_steps("a\n\n b \n\\boxed{1}") == ["a", " b ", "\\boxed{1}"]
+
+
+def test_eval_records_scores_and_choice(tmp_path, scripted_llm):
+    import json
+
+    from dca.eval import EvalConfig, run_eval
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "What is 6 x 7?", "answer": "#### 42"}) + "\n")
+    bot = _assistant(scripted_llm, MAJORITY_WRONG, {"42": 0.9, "41": 0.2})
+    report = run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / "run", samples=4,
+                                 strategy="best_of_n"), bot)
+    rec = json.loads((tmp_path / "run" / "predictions.jsonl").read_text())
+    assert rec["chosen"] == 3 and rec["sample_scores"] == pytest.approx([0.2, 0.2, 0.2, 0.9])
+    assert rec["correct"] is True and rec["scores"]["maj@4"] == 0
+    assert report.metrics["accuracy"].value == 1.0
+
+
+def test_beam_search_keeps_the_steps_the_process_verifier_ranks_best(scripted_llm):
+    from dca.llm import Completion
+
+    first = ["6*7 = 41", "I guess", "6 times 7 is 42", "6*7 = 42"]
+
+    class StepSampler(scripted_llm):
+        def sample(self, prompt, *, n, max_tokens, temperature=0.7, repeat_penalty=1.0, stop=(), seed=0,
+                   cancel=None):
+            self.sample_calls.append({"n": n, "prompt": prompt, "stop": stop})
+            if prompt.endswith("<|assistant|>\n"):  # the first step
+                return [Completion(s, 3, -1.0, "stop") for s in first][:n]
+            answer = "42" if "42" in prompt.rsplit("<|assistant|>", 1)[1] else "41"
+            return [Completion(f"so \\boxed{{{answer}}}", 3, -1.0, "stop"), Completion("\\boxed{40}", 2, -1, "stop")][:n]
+
+    class StepScorer(scripted_llm):
+        can_score = True
+
+        def score(self, prompt, continuations, *, cancel=None):
+            self.prompts.append(prompt)
+            last = prompt.split("Solution:\n", 1)[1].split("\n\n")[0].strip().splitlines()[-1]
+            p = {"6*7 = 42": 0.9, "6 times 7 is 42": 0.8, "I guess": 0.5, "6*7 = 41": 0.1,
+                 "so \\boxed{42}": 0.95, "so \\boxed{41}": 0.3, "\\boxed{40}": 0.05}[last]
+            return np.array([math.log(p) if c == "Yes" else math.log(1 - p) for c in continuations]), 2
+
+    model, scorer = StepSampler("x"), StepScorer("x")
+    bot = Assistant(model=model, think=False, strategy="beam_search", beam_width=2, expansions=4)
+    bot.verifier = Verifier(scorer)
+    answer = bot.ask("What is 6 x 7?")
+    assert answer.text == "6*7 = 42\nso \\boxed{42}"
+    assert [s.text for s in answer.samples] == ["6*7 = 42\nso \\boxed{42}", "6 times 7 is 42\nso \\boxed{42}"]
+    assert answer.samples[answer.chosen].score == pytest.approx(0.95)
+    # step 1 from the prompt, step 2 from each of the two kept partial solutions; steps end at a newline
+    prompts = [c["prompt"].rsplit("<|assistant|>\n", 1)[1] for c in model.sample_calls]
+    assert prompts == ["", "6*7 = 42\n", "6 times 7 is 42\n"] and model.sample_calls[0]["stop"] == ("\n",)
+    assert all(PROCESS_QUESTION in p for p in scorer.prompts) and len(scorer.prompts) == 4 + 4
+    assert answer.stats.generated_tokens == 4 * 3 + 2 * (3 + 2)
+
+
+def test_beam_search_needs_a_verifier(scripted_llm):
+    bot = Assistant(model=scripted_llm("x"), think=False, strategy="beam_search")
+    with pytest.raises(ConfigError, match="beam_search needs a process verifier"):
+        bot.ask("q")
