@@ -28,6 +28,7 @@ __all__ = ["TOOLS", "Calculator", "Tool", "ToolCall", "ToolRunner", "evaluate_ar
 
 MAX_EXPRESSION_CHARS = 200
 MAX_MAGNITUDE = 1e15  # results beyond this are refused (a model's note never needs them; they cost many tokens)
+MAX_POWER_BITS = 64  # a power whose result would need more bits than this is refused before it is computed
 _ALLOWED_CHARS = re.compile(r"[0-9.+\-*/%() \t]+")  # no letters: no names, attributes, calls or strings
 _NOTE_OPEN = re.compile(r"<<([^<>=\n]*)=")  # a note written up to its '=' (GSM8K: <<48/2=24>>)
 _NOTE = re.compile(r"<<[^<>\n]*>>")
@@ -93,7 +94,8 @@ def evaluate_arithmetic(expression: str) -> str:
     ``"0.2"``; at most six decimals).
 
     Numbers, ``+ - * / // % **``, unary signs and parentheses only, evaluated by simpleeval (a well-kept safe
-    evaluator; never Python's ``eval``), which refuses powers past 4,000,000 at once (``9**9**9`` does not hang).
+    evaluator; never Python's ``eval``) with a power that refuses, before computing it, any result beyond 2**64
+    in magnitude (``9**9**9`` and ``999999**999999`` return at once).
 
     Raises:
         ValueError: anything else (names, attributes, calls, strings, comparisons), a syntax error, division
@@ -116,22 +118,32 @@ def evaluate_arithmetic(expression: str) -> str:
     except ImportError as e:  # pragma: no cover - an install without the chat extra
         raise missing("simpleeval", "chat") from e
     ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: simpleeval.safe_power,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _bounded_power,
            ast.USub: operator.neg, ast.UAdd: operator.pos}
     evaluator = simpleeval.SimpleEval(operators=ops, functions={}, names={})
     try:
         value = evaluator.eval(text)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None
-    except simpleeval.NumberTooHigh:
+    except (simpleeval.NumberTooHigh, OverflowError):
         raise ValueError("number too large") from None
-    except (SyntaxError, simpleeval.InvalidExpression, TypeError, OverflowError) as e:
+    except (SyntaxError, simpleeval.InvalidExpression, TypeError, ValueError, RecursionError) as e:
         raise ValueError(f"not an arithmetic expression ({type(e).__name__})") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("not a number")
-    if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+    if abs(value) > MAX_MAGNITUDE or not math.isfinite(value):  # an int compares exactly, never overflows here
         raise ValueError("number too large")
     return _format_number(value)
+
+
+def _bounded_power(base, exponent):
+    """``base ** exponent``, refused (OverflowError) when the result would exceed 2**MAX_POWER_BITS in
+    magnitude: estimated from the operands, so nothing huge is ever computed."""
+    if abs(exponent) * math.log2(max(abs(base), 2)) > MAX_POWER_BITS and abs(base) != 1:
+        raise OverflowError("power too large")
+    if isinstance(base, (int, float)) and base < 0 and not float(exponent).is_integer():
+        raise ValueError("fractional power of a negative number")
+    return base ** exponent
 
 
 class Calculator:
@@ -147,8 +159,9 @@ class Calculator:
     def call(self, request: str) -> ToolCall:
         try:
             return ToolCall(self.name, request.strip(), evaluate_arithmetic(request))
-        except ValueError as e:
-            return ToolCall(self.name, request.strip(), None, str(e))
+        except (ValueError, ArithmeticError, TypeError, RecursionError, MemoryError) as e:
+            # whatever the expression, the model goes on alone: a tool call never ends a generation
+            return ToolCall(self.name, request.strip(), None, str(e) or type(e).__name__)
 
     def reply(self, call: ToolCall) -> str:
         return f"{call.output}>>"
@@ -185,6 +198,16 @@ class ToolRunner:
 
     def __bool__(self) -> bool:
         return bool(self.tools)
+
+    def begin(self) -> None:
+        """Start watching a new text (a new decoding phase: thinking, answer, a budget-forcing continuation);
+        the calls made so far are kept."""
+        self._scan = 0
+
+    def retract(self) -> None:
+        """Forget the last call: the decoder could not write its reply (the text it was found in had moved on)."""
+        if self.calls:
+            self.calls.pop()
 
     def step(self, text: str) -> tuple[int, str] | None:
         """Look for a complete call in the new part of ``text`` (the whole text generated so far).

@@ -1,4 +1,5 @@
-"""`dca eval` on the bundled GGUF killed with SIGKILL mid-run, then resumed: the same report as one uninterrupted run."""
+"""`dca eval` and `dca distill verifier` on the bundled GGUF killed with SIGKILL mid-run, then resumed: the same
+output as one uninterrupted run."""
 
 from __future__ import annotations
 
@@ -64,3 +65,41 @@ def test_sigkill_then_resume_gives_the_report_of_an_uninterrupted_run(tmp_path):
     assert [r["index"] for r in rows] == list(range(len(QUESTIONS)))  # nothing redone, nothing lost
     full_rows = [json.loads(line) for line in (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()]
     assert [r["output"] for r in rows] == [r["output"] for r in full_rows]
+
+
+def _verifier_cmd(data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "dca.cli", "distill", "verifier", str(data), "-o", str(out), "--samples", "3",
+            "--max-tokens", "40"]
+
+
+def test_verifier_data_killed_then_resumed_has_each_question_once_and_the_same_samples(tmp_path):
+    bundled_gguf()
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": f"... #### {a}"}) + "\n" for q, a in QUESTIONS))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    full = subprocess.run(_verifier_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_verifier_cmd(data, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = cut / "samples.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= samples.read_bytes().count(b"\n") < len(QUESTIONS) and not (cut / "orm.jsonl").exists()
+
+    resumed = subprocess.run(_verifier_cmd(data, cut), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows}) and len(rows) == len(QUESTIONS)
+    whole = [json.loads(x) for x in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
+    # each question's samples come from its own seed: the resumed file holds what one uninterrupted run drew
+    assert {r["id"]: [s["answer"] for s in r["samples"]] for r in rows} == \
+        {r["id"]: [s["answer"] for s in r["samples"]] for r in whole}
+    assert (cut / "orm.jsonl").read_text() == (tmp_path / "full" / "orm.jsonl").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from dca.assistant import Assistant
@@ -27,8 +28,11 @@ def test_calculator_evaluates_gsm8k_arithmetic(expr, value):
     ("a+1", "only numbers"),  # a name
     ("'a'*10", "only numbers"),  # a string
     ("1/0", "division by zero"),
-    ("9**9**9", "too large"),  # refused by simpleeval's power limit at once, never computed
+    ("9**9**9", "too large"),  # refused before it is computed: no hang
+    ("999999**999999", "too large"),
     ("10**20", "too large"),
+    ("10**400", "too large"),  # an int too large for a float
+    ("2**1100", "too large"),
     ("2+", "not an arithmetic expression"),
     ("1 < 2", "only numbers"),
     ("", "empty"),
@@ -194,3 +198,122 @@ def test_decoders_write_tool_replies_and_go_on():
     runner = ToolRunner([_OnceAfterFiveWords()])
     _check_reply("".join(generate_with_tools(llm, prompt, runner, max_tokens=40)))
     assert len(runner.calls) == 1
+
+
+def test_calculator_call_never_raises():
+    for expr in ("2**1100", "10**400", "(-8)**0.5", "1/0", "((((1"):
+        call = Calculator().call(expr)
+        assert call.output is None and call.error, expr
+
+
+def test_each_decoding_phase_is_watched_from_its_start(scripted_llm):
+    """The thinking and the answer are two texts: a note early in the answer is answered although the thinking
+    that came before it was longer."""
+
+    def respond(prompt: str) -> str:
+        if prompt.endswith("<<48/2=24>>"):
+            return "24 \\boxed{24}"
+        if prompt.endswith("<<1+1=2>>"):
+            return "2 and on and on"
+        if "</think>" in prompt:
+            return "<<48/2=25>>25 \\boxed{25}"
+        return "a long thought about clips that goes on <<1+1=2>>2 and on and on"
+
+    bot = Assistant(model=scripted_llm(respond, think_tags=("<think>", "</think>")), tools="calculator", think=True)
+    answer = bot.ask("How many clips in May?")
+    assert answer.text == "<<48/2=24>>24 \\boxed{24}"
+    assert [c.output for c in answer.tool_calls] == ["2", "24"]
+
+
+# -- the parallel sampler's bookkeeping, on a fake llama.cpp context ---------------------------------------------
+
+_VOCAB = [bytes([i]) for i in range(256)] + [b"=25", b"<<", b">>", b"48", b"ok", b"<eos>"]
+_EOS = len(_VOCAB) - 1
+
+
+def _tokenize(data: bytes) -> list[int]:
+    out, i = [], 0
+    while i < len(data):  # longest match first
+        best = max((t for t in range(_EOS) if data.startswith(_VOCAB[t], i)), key=lambda t: len(_VOCAB[t]))
+        out.append(best)
+        i += len(_VOCAB[best])
+    return out
+
+
+class _FakeLlama:
+    def tokenize(self, data, add_bos=True, special=False):
+        return ([0] if add_bos else []) + _tokenize(data)
+
+    def detokenize(self, tokens):
+        return b"".join(_VOCAB[t] for t in tokens)
+
+
+_SCRIPT = "x \udcff <<1/0=7>>7 <<48/2=25>>25 ok".encode("utf-8", "surrogateescape")
+
+
+class _FakeContext:
+    """Each sequence writes _SCRIPT greedily, token by token, unless its cells hold a tool reply: then it goes on
+    from the corrected note. Checks that every sequence's positions are contiguous and that logits are asked for
+    each sequence's last token only."""
+
+    def __init__(self, llama, *, n_ctx, n_batch, n_seq, unified_kv):
+        self.n_vocab, self.kv, self.n_batch = len(_VOCAB), {}, n_batch
+        self.llama = llama
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def _next(self, cells):
+        done = self.llama.detokenize(cells[self.prompt_len:])
+        want = _SCRIPT.replace(b"=25>>25", b"=24>>24") if b"<<48/2=24>>" in done else _SCRIPT
+        v = np.full(self.n_vocab, -50.0, dtype=np.float32)
+        rest = want[len(done):] if want.startswith(done) else b""
+        v[_tokenize(rest)[0] if rest else _EOS] = 50.0
+        return v
+
+    def decode_prompt(self, tokens, seq_ids):
+        self.prompt_len = len(tokens)
+        self.kv[0] = list(tokens)
+        self.last = self._next(self.kv[0])
+
+    def copy_sequence(self, src, dst):
+        self.kv[dst] = list(self.kv[src])
+
+    def last_logits(self):
+        return self.last
+
+    def decode(self, tokens, positions, seq_ids, outputs=None):
+        assert len(tokens) <= self.n_batch
+        rows = []
+        for i, (tok, pos, seq) in enumerate(zip(tokens, positions, seq_ids)):
+            assert pos == len(self.kv[seq]), "a gap or overlap in a sequence's positions"
+            self.kv[seq].append(tok)
+            last = i + 1 == len(tokens) or seq_ids[i + 1] != seq
+            assert outputs[i] == last, "logits asked for a token that is not its sequence's last"
+            if outputs[i]:
+                rows.append(self._next(self.kv[seq]))
+        self.rows = np.stack(rows)
+
+    def logits(self):
+        return self.rows
+
+    def is_end_of_generation(self, token):
+        return token == _EOS
+
+
+def test_parallel_sampler_writes_replies_into_the_right_cells(monkeypatch):
+    import dca.llm.sampling as sampling
+
+    monkeypatch.setattr(sampling, "SequenceContext", _FakeContext)
+    monkeypatch.setattr(sampling, "n_ctx_train", lambda llama: 100_000)
+    outs = sampling.sample_parallel(_FakeLlama(), "P", n=3, max_tokens=60, temperature=0,
+                                    tools=get_tools(["calculator"]))
+    for c in outs:
+        # the stray byte (dropped from the text, not from the cells) did not shift the cut; the unanswerable
+        # note is left alone; the wrong one is corrected mid-token ('=25' dropped)
+        assert c.text == "x  <<1/0=7>>7 <<48/2=24>>24 ok", c.text
+        assert [(t.input, t.output) for t in c.tool_calls] == [("1/0", None), ("48/2", "24")]
+        assert c.eos and c.finish == "stop"

@@ -158,6 +158,12 @@ class Assistant:
             return prompt + f"{tags[0]}\n\n{tags[1]}\n\n"
         return prompt
 
+    def answer_prompt(self, question: str) -> str:
+        """The prompt a strategy continues for ``question`` when no passage is quoted: the rendered chat (system
+        prompt, the session's history, the question) with the thinking phase opened, or closed empty, as
+        :meth:`stream` does it. Rollouts continue a sample's steps from it (:mod:`dca.distill.verifier`)."""
+        return self._open_thinking(self.llm.render(self._messages(question, ())), self.thinking)
+
     def stream(self, question: str, *, effort: str | None = None,
                cancel: Callable[[], bool] | None = None) -> Iterator[StreamChunk]:
         """Answer ``question``, yielding :class:`StreamChunk` items as they are produced.

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from ..llm import LLM, capable, check_llm, load_llm
 
-__all__ = ["OUTCOME_QUESTION", "PROCESS_QUESTION", "Verifier", "split_steps", "verifier_messages"]
+__all__ = ["OUTCOME_QUESTION", "PROCESS_QUESTION", "Verifier", "solution_text", "split_steps", "step_prefixes",
+           "verifier_messages"]
 
 OUTCOME_QUESTION = "Is this solution correct? Answer Yes or No."
 PROCESS_QUESTION = "Are the steps so far correct? Answer Yes or No."
@@ -39,6 +40,23 @@ def split_steps(solution: str) -> list[str]:
     """The steps of a solution: its non-blank lines, in order (the step unit of PRM800K and Math-Shepherd for
     line-by-line solutions)."""
     return [line for line in solution.splitlines() if line.strip()]
+
+
+def step_prefixes(solution: str) -> list[str]:
+    """The solution as written up to the end of each step (:func:`split_steps`), blank lines kept: what a
+    rollout continues from and what a process verifier judges."""
+    out, pos = [], 0
+    for line in solution.splitlines(keepends=True):
+        pos += len(line)
+        if line.strip():
+            out.append(solution[:pos].rstrip("\n"))
+    return out
+
+
+def solution_text(thinking: str, answer: str) -> str:
+    """The text a verifier judges for a sample: its thinking (when any) and its answer, the same in training data
+    (:mod:`dca.distill.verifier`) and in scoring (:mod:`dca.assistant.strategies.verifier_search`)."""
+    return f"{thinking.strip()}\n\n{answer.strip()}".strip()
 
 
 class Verifier:

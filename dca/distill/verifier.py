@@ -21,9 +21,10 @@ The output directory:
     refused (``--force`` starts over).
 ``samples.jsonl``
     one line per question, appended and fsynced when its k samples (and rollouts) are done: ``id``,
-    ``question``, ``gold``, ``samples`` (``text``, ``answer``, ``correct``, ``tokens``, ``tool_calls``, and with
-    ``process`` ``steps``, one 0/1 label per step). A rerun does only the questions not in it (a partial last
-    line left by ``kill -9`` is dropped), so no sample is drawn twice.
+    ``question``, ``gold``, ``samples`` (``text``, the sample's thinking and answer as the verifier reads them;
+    ``answer``, ``correct``, ``tokens``, ``tool_calls``, and with ``process`` ``steps``, one 0/1 label per
+    step). A rerun does only the questions not in it (a partial last line left by ``kill -9`` is dropped), so no
+    sample is drawn twice.
 ``orm.jsonl``, ``prm.jsonl``
     the verifier's training examples (messages JSONL with ``id`` and ``label``), rewritten atomically from
     ``samples.jsonl`` at the end: one per distinct sample text of a question (``orm``), one per step prefix
@@ -42,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..assistant.config import GSM8K_SYSTEM_PROMPT
+from ..assistant.verifier import solution_text, step_prefixes
 from ..errors import ConfigError, LoaderError
 from ..paths import atomic_write_json, read_manifest
 from ..progress import Progress, ProgressFn, emitter
@@ -213,10 +215,10 @@ def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressF
             for i, q in enumerate(todo):
                 if cancel is not None and cancel():
                     break
-                row = _sample_question(bot, cfg, q)
+                row, drawn = _sample_question(bot, cfg, q)
                 writer.write(row)
                 rows.append(row)
-                report.rollouts += row.pop("_rollouts", 0)
+                report.rollouts += drawn
                 emit(Progress("verifier", done=report.skipped + i + 1, total=len(questions), unit="questions",
                               metrics={"right": sum(s["correct"] for r in rows for s in r["samples"])
                                        / max(1, sum(len(r["samples"]) for r in rows))}))
@@ -244,39 +246,39 @@ def _sample_question(bot, cfg: VerifierDataConfig, q) -> dict:
     answer = bot.ask(q.question)
     samples = []
     rollouts = 0
-    for s in answer.samples:
+    for j, s in enumerate(answer.samples):
         right = s.answer is not None and is_equivalent(s.answer, q.gold)
-        rec = {"text": s.text, "answer": s.answer, "correct": bool(right),
+        rec = {"text": solution_text(s.thinking, s.text), "answer": s.answer, "correct": bool(right),
                "tokens": s.tokens, "tool_calls": [c.to_dict() for c in s.tool_calls]}
         if cfg.process:
-            rec["steps"], n = _label_steps(bot, cfg, q, s.text, rec["correct"])
+            rec["steps"], n = _label_steps(bot, cfg, q, j, rec["text"], rec["correct"])
             rollouts += n
         samples.append(rec)
-    return {"id": q.id, "question": q.question, "gold": q.gold, "samples": samples, "_rollouts": rollouts}
+    return {"id": q.id, "question": q.question, "gold": q.gold, "samples": samples}, rollouts
 
 
-def _label_steps(bot, cfg: VerifierDataConfig, q, text: str, correct: bool) -> tuple[list[int], int]:
-    """Math-Shepherd hard labels of a sample's steps: (one 0/1 per step, rollouts drawn)."""
-    from ..assistant.verifier import split_steps
+def _label_steps(bot, cfg: VerifierDataConfig, q, j: int, text: str, correct: bool) -> tuple[list[int], int]:
+    """Math-Shepherd hard labels of sample ``j``'s steps: (one 0/1 per step, rollouts drawn)."""
     from ..grading import extract_answer, is_equivalent
     from ..tools import get_tools
 
-    steps = split_steps(text)
+    prefixes = step_prefixes(text)
     if correct:
-        return [1] * len(steps), 0
-    prompt = bot.llm.render([{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": q.question}])
+        return [1] * len(prefixes), 0
+    prompt = bot.answer_prompt(q.question)  # the context the sample itself was drawn in
     extra = {"tools": get_tools(cfg.tools)} if cfg.tools else {}
     labels: list[int] = []
     drawn = 0
-    for i in range(len(steps) - 1):  # the last step holds the wrong final answer: bad without a rollout
-        prefix = "\n".join(steps[:i + 1]) + "\n"
+    for i in range(len(prefixes) - 1):  # the last step holds the wrong final answer: bad without a rollout
+        prefix = prefixes[i] + "\n"
         outs = bot.llm.sample(prompt + prefix, n=cfg.rollouts, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                              repeat_penalty=cfg.repeat_penalty, seed=sample_seed(cfg.seed, q.id, i + 1), **extra)
+                              repeat_penalty=cfg.repeat_penalty, seed=sample_seed(cfg.seed, q.id, 1 + 64 * j + i),
+                              **extra)
         drawn += len(outs)
         if not any(is_equivalent(extract_answer(prefix + o.text), q.gold) for o in outs):
             break
         labels.append(1)
-    return labels + [0] * (len(steps) - len(labels)), drawn
+    return labels + [0] * (len(prefixes) - len(labels)), drawn
 
 
 def _orm_examples(rows: list[dict]):
@@ -294,20 +296,17 @@ def _orm_examples(rows: list[dict]):
 
 
 def _prm_examples(rows: list[dict]):
-    from ..assistant.verifier import NO, YES, split_steps, verifier_messages
+    from ..assistant.verifier import NO, YES, verifier_messages
 
     for r in rows:
-        seen = set()
+        labels: dict[str, int] = {}  # a prefix shared by several samples is good when any rollout said so
         for s in r["samples"]:
-            steps = split_steps(s["text"])
-            for i, label in enumerate(s.get("steps", [])):
-                prefix = "\n".join(steps[:i + 1])
-                if prefix in seen:
-                    continue
-                seen.add(prefix)
-                yield {"messages": [*verifier_messages(r["question"], prefix, process=True),
-                                    {"role": "assistant", "content": YES if label else NO}],
-                       "id": r["id"], "label": label}
+            for prefix, label in zip(step_prefixes(s["text"]), s.get("steps", [])):
+                labels[prefix] = max(label, labels.get(prefix, 0))
+        for prefix, label in labels.items():
+            yield {"messages": [*verifier_messages(r["question"], prefix, process=True),
+                                {"role": "assistant", "content": YES if label else NO}],
+                   "id": r["id"], "label": label}
 
 
 def _write_examples(path: Path, examples) -> int:

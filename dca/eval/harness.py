@@ -11,10 +11,10 @@ The output directory (format version 1) is a contract:
     ``question``, ``gold``, ``extracted``, ``correct``, ``scores`` (metric -> per-item value), ``output`` and
     ``thinking`` (raw), ``truncated`` (the answer was cut at ``--max-tokens``), ``voted`` and ``samples``
     (k > 1), ``tool_calls`` (with ``--tools``: each call's ``tool``, ``input``, ``output``, ``error``, the
-    chosen sample's with k > 1, and ``sample_tool_calls``, the calls per sample), ``chosen`` (k > 1: the index
-    of the sample answered with) and ``sample_scores`` (the verifier's score of each sample), ``retrieved``
-    (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``), ``tokens_per_s``, ``seconds``. A
-    partial last line left by a kill is dropped on resume.
+    chosen sample's with k > 1, and ``sample_tool_calls``, the number of calls in each sample), ``chosen``
+    (k > 1: the index of the sample answered with) and ``sample_scores`` (the verifier's score of each sample),
+    ``retrieved`` (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``), ``tokens_per_s``,
+    ``seconds``. A partial last line left by a kill is dropped on resume.
 ``report.json``, ``report.md``
     :class:`~dca.eval.report.EvalReport`, computed from ``predictions.jsonl`` alone, so a resumed run
     reports what an uninterrupted one does (timing aside).

@@ -36,6 +36,7 @@ class Completion:
             the confidence used by weighted voting; 0.0 when no token was generated.
         finish: ``"stop"`` (end of generation or a stop string), ``"length"`` (max_tokens) or ``"cancelled"``.
         tool_calls: the tool calls made while sampling it (:class:`dca.tools.ToolCall`), in order.
+        eos: the model ended it itself (an end-of-generation token), not a stop string or a limit.
     """
 
     text: str
@@ -43,6 +44,7 @@ class Completion:
     mean_logprob: float
     finish: str
     tool_calls: tuple = ()
+    eos: bool = False
 
 
 REQUIRED_METHODS = ("render", "count_tokens", "generate", "reset", "close")

@@ -76,6 +76,7 @@ class SequenceContext:
         self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._n_outputs = 0  # rows with logits in the last decode()
 
     def close(self) -> None:
         """Free the batch and the context."""
@@ -116,17 +117,20 @@ class SequenceContext:
                 batch.logits[i] = start + i == len(tokens) - 1
             self._run()
 
-    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int]) -> None:
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
+               outputs: Sequence[bool] | None = None) -> None:
         """Decode one batch: token ``tokens[i]`` at ``positions[i]`` of sequence ``seq_ids[i]``, with logits
-        for every row (:meth:`logits`, rows in this order)."""
+        for every row, or for the rows where ``outputs[i]`` is True (:meth:`logits`, rows in this order)."""
         batch = self._batch
         batch.n_tokens = len(tokens)
+        self._n_outputs = 0
         for i, (tok, pos, seq) in enumerate(zip(tokens, positions, seq_ids)):
             batch.token[i] = tok
             batch.pos[i] = pos
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = seq
-            batch.logits[i] = True
+            batch.logits[i] = True if outputs is None else bool(outputs[i])
+            self._n_outputs += bool(batch.logits[i])
         self._run()
 
     def last_logits(self) -> np.ndarray:
@@ -136,9 +140,9 @@ class SequenceContext:
         return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
     def logits(self) -> np.ndarray:
-        """The logits of every row of the last :meth:`decode`: a float32 view of shape (n_tokens, n_vocab),
-        valid until the next decode."""
-        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx.ctx), shape=(self._batch.n_tokens,
+        """The logits of the rows of the last :meth:`decode` that asked for them: a float32 view of shape
+        (rows, n_vocab), in batch order, valid until the next decode."""
+        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx.ctx), shape=(self._n_outputs,
                                                                                        self.n_vocab))
 
     def copy_sequence(self, src: int, dst: int) -> None:

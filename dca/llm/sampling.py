@@ -79,11 +79,12 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
     from ..tools import ToolRunner
 
     tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-    reserve = TOOL_RESERVE if tools else 0
-    per_seq = -(-(len(tokens) + max_tokens + reserve + 8) // 256) * 256  # llama.cpp pads each stream to 256 cells
-    n_ctx = n * per_seq
     if len(tokens) + max_tokens > n_ctx_train(llama):
         raise ValueError(f"prompt of {len(tokens)} tokens + {max_tokens} new ones exceeds the model's context")
+    # cells for tool replies, never past the model's training context
+    reserve = min(TOOL_RESERVE, n_ctx_train(llama) - len(tokens) - max_tokens) if tools else 0
+    per_seq = -(-(len(tokens) + max_tokens + reserve + 8) // 256) * 256  # llama.cpp pads each stream to 256 cells
+    n_ctx = n * per_seq
     rng = np.random.default_rng(seed)
     # One KV stream per sequence: each token attends over its own sequence's cells only, not over a
     # unified cache holding all n sequences (that made a step cost ~n single steps on a CPU).
@@ -99,6 +100,7 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
         recent: list[list[int]] = [[] for _ in range(n)]  # what each sequence holds after the prompt (tool replies too)
         feed: dict[int, list[int]] = {}  # the tokens each sequence decodes in the next batch
         next_pos = [len(tokens)] * n
+        eos = [False] * n
         replied = [0] * n  # tool-reply tokens in each sequence
         logprob_sum = np.zeros(n)
         finish: list[str | None] = [None] * n
@@ -152,6 +154,7 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
                 out_tokens[s].append(tok)
                 if ctx.is_end_of_generation(tok):
                     finish[s] = "stop"
+                    eos[s] = True
                     continue
                 before = raw[s]
                 raw[s] += llama.detokenize([tok])
@@ -168,23 +171,24 @@ def sample_parallel(llama, prompt: str, *, n: int, max_tokens: int, temperature:
             running = [s for s in active if finish[s] is None]
             if not running or step + 1 == max_tokens:
                 break
-            batch_tokens, batch_pos, batch_seq = [], [], []
-            for s in running:
-                for tok in feed[s]:
+            batch_tokens, batch_pos, batch_seq, wanted = [], [], [], []
+            for i, s in enumerate(running):
+                for j, tok in enumerate(feed[s]):
                     batch_tokens.append(tok)
                     batch_pos.append(next_pos[s])
                     batch_seq.append(s)
+                    wanted.append(j == len(feed[s]) - 1)  # logits of a sequence's last token only
                     next_pos[s] += 1
-                logit_rows[s] = len(batch_tokens) - 1  # the next token follows the sequence's last one
+                logit_rows[s] = i  # the next token follows the sequence's last one: output row i
             shared_last = False
-            ctx.decode(batch_tokens, batch_pos, batch_seq)
+            ctx.decode(batch_tokens, batch_pos, batch_seq, outputs=wanted)
         results = []
         for s in range(n):
             text = raw[s].decode("utf-8", errors="ignore")
             cut = min((text.find(x) for x in stop if x and x in text), default=-1)
             k = len(out_tokens[s])
             results.append(Completion(text[:cut] if cut >= 0 else text, k, float(logprob_sum[s] / k) if k else 0.0,
-                                      finish[s] or "length", tuple(runners[s].calls)))
+                                      finish[s] or "length", tuple(runners[s].calls), eos[s]))
         return results
 
 
@@ -195,13 +199,14 @@ def _tool_step(llama, runner, before: bytes, raw: list[bytes], s: int, tok: int)
     """Let sequence ``s``'s tools see its text after token ``tok`` (``raw[s]``; ``before`` is the text before
     it). Returns the tokens the sequence decodes next: ``[tok]``, or, when a tool answered a call, the tokens
     of what ``tok`` wrote up to the end of the call followed by the reply (``raw[s]`` rewritten to match)."""
-    text = raw[s].decode("utf-8", errors="ignore")
+    text = raw[s].decode("utf-8", errors="surrogateescape")  # lossless: stray bytes map back to themselves
     hit = runner.step(text)
     if hit is None:
         return [tok]
     cut, insert = hit
-    cut_bytes = len(text[:cut].encode("utf-8"))
+    cut_bytes = len(text[:cut].encode("utf-8", errors="surrogateescape"))
     if cut_bytes < len(before):  # the call ended before this token: the KV cells already hold what followed
+        runner.retract()
         return [tok]
     fed = llama.tokenize(raw[s][len(before):cut_bytes] + insert.encode("utf-8"), add_bos=False, special=False)
     fed = fed[:MAX_REPLY_TOKENS]

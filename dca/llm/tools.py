@@ -26,6 +26,8 @@ def generate_with_tools(llm: LLM, prompt: str, runner: ToolRunner, *, max_tokens
     """
     text = ""
     used = 0
+    if runner:
+        runner.begin()
     while used < max_tokens:
         restarted = False
         for piece in llm.generate(prompt + text, max_tokens=max_tokens - used, temperature=temperature, stop=stop,

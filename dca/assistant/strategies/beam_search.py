@@ -35,8 +35,10 @@ class _Beam:
     tool_calls: tuple = ()
 
 
-def _finished(step: str, finish: str, tokens: int, budget: int) -> bool:
-    return "\\boxed" in step or finish != "stop" or tokens >= budget or not step.strip()
+def _finished(step: str, completion, tokens: int, budget: int) -> bool:
+    """A solution ends with its step when the step writes the final answer, the model ended its turn (EOS), a
+    limit cut it, or the budget is spent; a blank line (a paragraph break) does not end it."""
+    return "\\boxed" in step or completion.eos or completion.finish != "stop" or tokens >= budget
 
 
 @register_strategy("beam_search")
@@ -78,8 +80,8 @@ class BeamSearch:
                     if step in seen:  # the same step twice: one candidate
                         continue
                     seen.add(step)
-                    tokens = b.tokens + c.tokens + 1
-                    new.append(_Beam(b.text + step + "\n", 0.0, tokens, _finished(step, c.finish, tokens, budget),
+                    tokens = b.tokens + c.tokens  # the newline that stopped it is among c.tokens
+                    new.append(_Beam(b.text + step + "\n", 0.0, tokens, _finished(step, c, tokens, budget),
                                      b.tool_calls + tuple(c.tool_calls)))
             scores = gen.verifier.score_partial(gen.question, [c.text for c in new], cancel=gen.cancel)
             new = [replace(c, score=float(s)) for c, s in zip(new, scores)]

@@ -32,7 +32,9 @@ class Greedy:
         yield from gen.stream(prompt, kind="answer", max_tokens=limit, stop=NO_PASSAGES, sink=said)
         text = "".join(said).strip()
         # a piece is one token (several only inside a multi-byte character): the limit was reached when as many came
-        truncated = bool(text) and not gen.cancel() and (len(said) >= limit or gen.llm.count_tokens(text) >= limit)
+        # (tool replies are pieces the model did not generate: then count the text's tokens)
+        pieces = len(said) if not gen.tools else 0
+        truncated = bool(text) and not gen.cancel() and (pieces >= limit or gen.llm.count_tokens(text) >= limit)
         return Outcome(text=text, truncated=truncated)
 
     def run(self, gen: Generation) -> Generator[StreamChunk, None, Outcome]:

@@ -30,7 +30,9 @@ def _scored(gen: Generation, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
     if gen.verifier is None:
         raise ConfigError(f"--strategy {gen.config.strategy if gen.config.strategy != 'auto' else 'best_of_n'} "
                           "needs a verifier: give --verifier GGUF (trained with dca distill verifier)")
-    texts = [(s.thinking + "\n" + s.text).strip() for s in samples]
+    from ..verifier import solution_text
+
+    texts = [solution_text(s.thinking, s.text) for s in samples]
     scores = gen.verifier.score(gen.question, texts, cancel=gen.cancel)
     return tuple(replace(s, score=float(p)) for s, p in zip(samples, scores))
 
