@@ -164,3 +164,15 @@ def test_beam_search_needs_a_verifier(scripted_llm):
     bot = Assistant(model=scripted_llm("x"), think=False, strategy="beam_search")
     with pytest.raises(ConfigError, match="beam_search needs a process verifier"):
         bot.ask("q")
+
+
+def test_auroc_counts_pairs_ranked_right_and_ties_as_half():
+    from dca.eval.stats import auroc
+
+    assert auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert auroc([0.5, 0.5, 0.5], [1, 0, 0]) == 0.5
+    # positives 0.8 and 0.3 against negatives 0.5 and 0.3: pairs (0.8>0.5, 0.8>0.3, 0.3<0.5, 0.3=0.3) = 2.5 / 4
+    assert auroc([0.8, 0.3, 0.5, 0.3], [1, 1, 0, 0]) == 0.625
+    with pytest.raises(ValueError, match="positive and negative"):
+        auroc([0.1, 0.2], [1, 1])

@@ -9,6 +9,8 @@ Sources:
       estimator from n samples of which c are correct.
     * Efron & Tibshirani 1993, "An Introduction to the Bootstrap": percentile intervals; resampling items
       with both systems' scores kept together (paired) accounts for per-item difficulty.
+    * Hanley & McNeil 1982, "The meaning and use of the area under a ROC curve": AUROC as the Mann-Whitney
+      probability that a random positive scores above a random negative (ties count one half).
 """
 
 from __future__ import annotations
@@ -72,6 +74,35 @@ def mean_interval(values: Sequence[float], z: float = Z95, *, lo: float = 0.0, h
     half = z * float(arr.std(ddof=1)) / math.sqrt(n)
     m = float(arr.mean())
     return max(lo, m - half), min(hi, m + half)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int | bool]) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``: the probability that a random positive
+    scores above a random negative, ties counted one half (Mann-Whitney U / (n_pos * n_neg), from mid-ranks).
+    1.0 ranks every positive first, 0.5 is chance.
+
+    Raises:
+        ValueError: the lengths differ, or the labels are not both present.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"{len(s)} scores but {len(y)} labels")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        raise ValueError(f"AUROC needs positive and negative labels, got {n_pos} and {n_neg}")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # mid-ranks over runs of equal scores
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
