@@ -124,3 +124,15 @@ def test_questions_without_gold_are_refused(tmp_path, scripted_llm):
     p.write_text(json.dumps({"question": "Why?"}) + "\n")
     with pytest.raises(LoaderError, match="no question with a gold answer"):
         make_verifier_data(VerifierDataConfig(p, tmp_path / "vd"), llm=_student(scripted_llm))
+
+
+def test_max_wrong_caps_the_no_examples_without_sampling_again(tmp_path, questions, scripted_llm):
+    out = tmp_path / "vd"
+    wrongs = [(f"6*7 = {x}\n\\boxed{{{x}}}", -0.5) for x in (40, 41, 43, 44)]
+    student = scripted_llm("x", sampled=[("6*7 = 42\n\\boxed{42}", -0.4), *wrongs])
+    make_verifier_data(VerifierDataConfig(questions, out, samples=5, limit=1), llm=student)
+    assert len((out / "orm.jsonl").read_text().splitlines()) == 5
+    again = scripted_llm("x", sampled=[("unused", -1.0)])
+    report = make_verifier_data(VerifierDataConfig(questions, out, samples=5, limit=1, max_wrong=2), llm=again)
+    labels = [json.loads(x)["label"] for x in (out / "orm.jsonl").read_text().splitlines()]
+    assert labels == [1, 0, 0] and report.orm_examples == 3 and again.sample_calls == []

@@ -113,6 +113,7 @@ def distill_verifier(
     process: bool = typer.Option(False, "--process", help="Also label each step by rollouts (Math-Shepherd) and write prm.jsonl for a process verifier.", metavar=""),
     rollouts: Optional[int] = typer.Option(None, "--rollouts", help=with_default("Continuations per step with --process.", VerifierDataConfig, "rollouts")),
     seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Sampling seed; each question's is derived from it and its id.", VerifierDataConfig, "seed")),
+    max_wrong: Optional[int] = typer.Option(None, "--max-wrong", help="At most N wrong solutions per question in orm.jsonl (all right ones are kept); changing it rewrites the examples without sampling again \\[default: all]."),
     force: bool = typer.Option(False, "--force", help="Start over, deleting what an earlier run wrote in -o.", metavar=""),
 ):
     """Sample a student's solutions to training questions, label them with the answer checker, and write a
@@ -128,7 +129,7 @@ def distill_verifier(
 
     given = {"model": model, "samples": samples, "limit": limit, "temperature": temperature, "max_tokens": max_tokens,
              "repeat_penalty": repeat_penalty, "system_prompt": system_prompt, "tools": tools, "rollouts": rollouts,
-             "seed": seed}
+             "seed": seed, "max_wrong": max_wrong}
     cfg = VerifierDataConfig(questions=questions, out_dir=out_dir, process=process, force=force,
                              **{k: v for k, v in given.items() if v is not None})
     try:

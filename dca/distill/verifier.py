@@ -77,6 +77,10 @@ class VerifierDataConfig:
         process: label each step by rollouts too (``--process``), for a process verifier.
         rollouts: continuations per step with ``process`` (``--rollouts``).
         seed: the sampling seed; each question's is derived from it and its id.
+        max_wrong: at most this many wrong solutions of a question become outcome examples (``--max-wrong``;
+            None: all). A student right one time in thirty gives thirty "No" for each "Yes"; capping them keeps
+            the training set, and its cost, to the questions' right solutions and a few wrong ones. It only
+            shapes ``orm.jsonl``: changing it rewrites the examples without sampling again.
         force: start over, deleting what an earlier run wrote.
     """
 
@@ -93,6 +97,7 @@ class VerifierDataConfig:
     process: bool = False
     rollouts: int = 4
     seed: int = 0
+    max_wrong: int | None = None
     force: bool = False
 
     def __post_init__(self):
@@ -106,12 +111,15 @@ class VerifierDataConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be > 0 (k greedy samples would be one), got {self.temperature}")
+        if self.max_wrong is not None and self.max_wrong < 0:
+            raise ConfigError(f"--max-wrong must be >= 0, got {self.max_wrong}")
         if self.max_tokens < 1 or not 1 <= self.rollouts <= 64:
             raise ConfigError("--max-tokens must be >= 1 and --rollouts in 1..64")
 
     def settings(self) -> dict:
         out = asdict(self)
         out.pop("force")
+        out.pop("max_wrong")  # shapes the examples only, not the samples
         return json.loads(json.dumps(out, default=str))
 
 
@@ -228,7 +236,7 @@ def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressF
     report.samples = sum(len(r["samples"]) for r in rows)
     report.correct = sum(s["correct"] for r in rows for s in r["samples"])
     report.solved = sum(any(s["correct"] for s in r["samples"]) for r in rows)
-    report.orm_examples = _write_examples(cfg.out_dir / ORM, _orm_examples(rows))
+    report.orm_examples = _write_examples(cfg.out_dir / ORM, _orm_examples(rows, cfg.max_wrong))
     if cfg.process:
         report.prm_examples = _write_examples(cfg.out_dir / PRM, _prm_examples(rows))
     report.seconds = time.perf_counter() - t0
@@ -281,14 +289,19 @@ def _label_steps(bot, cfg: VerifierDataConfig, q, j: int, text: str, correct: bo
     return labels + [0] * (len(prefixes) - len(labels)), drawn
 
 
-def _orm_examples(rows: list[dict]):
+def _orm_examples(rows: list[dict], max_wrong: int | None = None):
     from ..assistant.verifier import NO, YES, verifier_messages
 
     for r in rows:
         seen = set()
+        wrong = 0
         for s in r["samples"]:
             if not s["text"].strip() or s["text"] in seen:
                 continue
+            if not s["correct"]:
+                if max_wrong is not None and wrong >= max_wrong:
+                    continue
+                wrong += 1
             seen.add(s["text"])
             yield {"messages": [*verifier_messages(r["question"], s["text"]),
                                 {"role": "assistant", "content": YES if s["correct"] else NO}],
