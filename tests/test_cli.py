@@ -128,6 +128,17 @@ def test_chat_self_consistency_reports_the_votes():
     assert result.exit_code == 1 and "--effort must be one of low, medium, high" in result.output
 
 
+def test_chat_with_a_verifier_that_is_not_a_gguf_names_the_file(tmp_path):
+    bogus = tmp_path / "verifier.gguf"
+    bogus.write_bytes(b"not a gguf at all")
+    result = runner.invoke(app, ["chat", "What is 6 x 7?", "--samples", "2", "--max-tokens", "8", "--verifier",
+                                 str(bogus)])
+    assert result.exit_code == 1 and "--verifier" in result.output and "verifier.gguf is not a GGUF file" \
+        in result.output, result.output
+    result = runner.invoke(app, ["chat", "hi", "--tools", "abacus"])
+    assert result.exit_code == 1 and "--tools: unknown tool 'abacus'; known: calculator" in result.output
+
+
 # -- any terminal width ----------------------------------------------------------------------------------------
 
 
