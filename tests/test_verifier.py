@@ -176,3 +176,30 @@ def test_auroc_counts_pairs_ranked_right_and_ties_as_half():
     assert auroc([0.8, 0.3, 0.5, 0.3], [1, 1, 0, 0]) == 0.625
     with pytest.raises(ValueError, match="positive and negative"):
         auroc([0.1, 0.2], [1, 1])
+
+
+@pytest.mark.slow
+def test_shared_prefix_scoring_matches_prompt_by_prompt_on_the_gguf():
+    from conftest import bundled_gguf
+
+    from dca.llm import load_llm
+
+    llm = load_llm(bundled_gguf(), n_ctx=2048)
+    question = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in all?"
+    solutions = ["48/2 = 24\n48 + 24 = 72\n\\boxed{72}", "48 * 2 = 96\n\\boxed{96}", "\\boxed{72}"]
+    prompts = [llm.render(verifier_messages(question, s)) for s in solutions]
+    many, decoded = llm.score_many(prompts, ["Yes", "No"])
+    one = np.array([llm.score(p, ["Yes", "No"])[0] for p in prompts])
+    assert many.shape == (3, 2) and np.isfinite(many).all()
+    # the same numbers up to llama.cpp's batch-split noise (0.31 nats at most here on this Q4_1 model); a wrong position
+    # or row would move them by nats
+    assert np.allclose(many, one, atol=0.5), (many, one)
+    same, _ = llm.score_many([prompts[0]] * 3, ["Yes", "No"])
+    assert (same == same[0]).all()
+    # a prompt's scores do not depend on the other prompts scored with it, nor on their order
+    pair, _ = llm.score_many([prompts[2], prompts[0]], ["Yes", "No"])
+    assert (pair == many[[2, 0]]).all()
+    # the question's prefix was decoded once, not three times
+    assert decoded < sum(llm.count_tokens(p) for p in prompts)
+    scores = Verifier(llm).score(question, solutions)
+    assert np.allclose(scores, np.exp(many[:, 0]) / np.exp(many).sum(axis=1))

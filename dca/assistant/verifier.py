@@ -81,29 +81,38 @@ class Verifier:
         if not capable(self.llm, "score"):
             raise ConfigError(f"--verifier {self.llm.name}: a verifier must score continuations (a GGUF model)")
         self.name = self.llm.name
-        self.tokens = 0  # prompt and answer tokens decoded for scoring, over the verifier's life
+        self.tokens = 0  # tokens decoded for scoring (prompts included), over the verifier's life
 
-    def _p_yes(self, messages: list[dict], cancel: Callable[[], bool] | None) -> float:
-        prompt = self.llm.render(messages)
-        logp, decoded = self.llm.score(prompt, [YES, NO], cancel=cancel)
-        self.tokens += decoded + self.llm.count_tokens(prompt)
-        a, b = float(logp[0]), float(logp[1])
-        if not np.isfinite(a) and not np.isfinite(b):
-            return 0.0
-        m = max(a, b)
-        return float(np.exp(a - m) / (np.exp(a - m) + np.exp(b - m)))
+    def _p_yes(self, conversations: list[list[dict]], cancel: Callable[[], bool] | None) -> np.ndarray:
+        """P(Yes) / (P(Yes) + P(No)) for each conversation, scored together (:meth:`LLM.score_many` when the
+        model has it: the solutions of one question share its prefix)."""
+        if not conversations:
+            return np.zeros(0)
+        prompts = [self.llm.render(m) for m in conversations]
+        many = getattr(self.llm, "score_many", None)
+        if many is not None:
+            logp, decoded = many(prompts, [YES, NO], cancel=cancel)
+        else:  # a model implementing the protocol by shape only
+            pairs = [self.llm.score(p, [YES, NO], cancel=cancel) for p in prompts]
+            logp = np.array([s for s, _ in pairs], dtype=np.float64).reshape(len(prompts), 2)
+            decoded = sum(n for _, n in pairs) + sum(self.llm.count_tokens(p) for p in prompts)
+        self.tokens += decoded
+        a, b = logp[:, 0], logp[:, 1]
+        m = np.maximum(a, b)
+        with np.errstate(invalid="ignore"):
+            p = np.exp(a - m) / (np.exp(a - m) + np.exp(b - m))
+        return np.where(np.isfinite(m), p, 0.0).astype(np.float64)
 
     def score(self, question: str, solutions: Sequence[str], *,
               cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Outcome scores: P(Yes) for each whole solution, a float64 array of shape (len(solutions),) in [0, 1]."""
-        return np.array([self._p_yes(verifier_messages(question, s), cancel) for s in solutions], dtype=np.float64)
+        return self._p_yes([verifier_messages(question, s) for s in solutions], cancel)
 
     def score_partial(self, question: str, partials: Sequence[str], *,
                       cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Process scores of partial solutions: P(Yes) that each one's steps so far are correct; shape
         (len(partials),)."""
-        return np.array([self._p_yes(verifier_messages(question, p, process=True), cancel) for p in partials],
-                        dtype=np.float64)
+        return self._p_yes([verifier_messages(question, p, process=True) for p in partials], cancel)
 
     def score_steps(self, question: str, steps: Sequence[str], *,
                     cancel: Callable[[], bool] | None = None) -> np.ndarray:

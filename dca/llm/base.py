@@ -138,6 +138,20 @@ class LLM(Protocol):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations (can_score is False)")
 
+    def score_many(self, prompts: Sequence[str], continuations: Sequence[str], *,
+                   cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
+        """:meth:`score` for each of ``prompts`` (``can_score``): an array of shape (len(prompts),
+        len(continuations)) and the tokens decoded. This default calls :meth:`score` prompt by prompt; a model
+        may share the prompts' common prefix instead (:class:`~dca.llm.LlamaCppLLM` does)."""
+        import numpy as np
+
+        rows, decoded = [], 0
+        for p in prompts:
+            scores, n = self.score(p, continuations, cancel=cancel)
+            rows.append(scores)
+            decoded += n
+        return np.array(rows, dtype=np.float64).reshape(len(prompts), len(continuations)), decoded
+
     def reset(self) -> None:
         """Forget evaluated tokens (a cached prompt prefix), so the next output does not depend on earlier calls;
         a model without such a cache does nothing."""

@@ -129,6 +129,14 @@ class LlamaCppLLM(LLM):
 
         return score_continuations(self.llama, prompt, continuations, self.llama.token_eos(), cancel=cancel)
 
+    def score_many(self, prompts: Sequence[str], continuations: Sequence[str], *,
+                   cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
+        """Scores of each prompt's continuations in shared llama.cpp sequences
+        (:func:`dca.llm.scoring.score_prompts`: the prompts' common prefix is decoded once)."""
+        from .scoring import score_prompts
+
+        return score_prompts(self.llama, prompts, continuations, self.llama.token_eos(), cancel=cancel)
+
     def reset(self) -> None:
         """Forget the evaluated tokens, so the next call evaluates its prompt from scratch.
 

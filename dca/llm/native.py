@@ -133,6 +133,24 @@ class SequenceContext:
             self._n_outputs += bool(batch.logits[i])
         self._run()
 
+    def decode_shared(self, tokens: Sequence[int], positions: Sequence[int], seq_sets: Sequence[Sequence[int]],
+                      outputs: Sequence[bool]) -> None:
+        """Decode one batch whose token ``tokens[i]`` sits at ``positions[i]`` of every sequence in ``seq_sets[i]``
+        (one KV cell shared by them, in a unified cache); logits for the rows where ``outputs[i]``
+        (:meth:`logits`)."""
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        self._n_outputs = 0
+        for i, (tok, pos, seqs) in enumerate(zip(tokens, positions, seq_sets)):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = len(seqs)
+            for j, seq in enumerate(seqs):
+                batch.seq_id[i][j] = seq
+            batch.logits[i] = bool(outputs[i])
+            self._n_outputs += bool(outputs[i])
+        self._run()
+
     def last_logits(self) -> np.ndarray:
         """The logits of the last token of the last batch: a float32 view of shape (n_vocab,), valid until the
         next decode."""

@@ -87,3 +87,93 @@ def score_continuations(llama, prompt: str, continuations: Sequence[str], end_to
                 scores[lo + s] = total
                 ctx.truncate_sequence(s, len(tokens))
     return scores, decoded
+
+
+GROUP_SEQUENCES = 64  # sequences (prompt x continuation) decoded in one context
+
+
+def score_prompts(llama, prompts: Sequence[str], continuations: Sequence[str], end_token: int, *,
+                  cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
+    """Log-probability of each of ``continuations`` as the whole continuation of each of ``prompts``, ended by
+    ``end_token``: what :func:`score_continuations` gives prompt by prompt, in one context per group of prompts.
+
+    The prompts' longest common token prefix (a verifier's template and question, before each solution) is decoded
+    once, shared by every sequence; each prompt's rest once, shared by its continuations' sequences; then each
+    continuation in its own sequence. Scoring k solutions of one question so decodes the question once, not k times
+    (8 GSM8K solutions with a verifier prompt on the bundled model: 1.1 s against 6.9 s prompt by prompt).
+
+    A prompt's scores do not depend on the other prompts of the call (each phase, prefix, a prompt's own tokens,
+    its continuations, is decoded in batches of its own: the prompts' tokens decoded in one shared batch moved a
+    score by 0.4 nats with the company it kept). They differ from :func:`score_continuations`' as any other batch
+    split does: llama.cpp's quantized kernels depend on the batch, and on the bundled Q4_1 model a token's
+    log-probability moved by up to 0.26 nats between one split and another (a prompt decoded in batches of 32
+    instead of 512); here up to 0.31.
+
+    Returns:
+        (float64 array of shape (len(prompts), len(continuations)), natural log, -inf where cancelled; tokens
+        decoded, prompt tokens included).
+
+    Raises:
+        ValueError: a prompt is longer than the model's training context.
+        RuntimeError: llama.cpp failed to allocate the context or to decode.
+    """
+    prompt_tokens = [llama.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
+    encoded = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) + [end_token] for c in continuations]
+    m = len(encoded)
+    out = np.full((len(prompts), m), -np.inf)
+    if not prompts or not m:
+        return out, 0
+    longest = max(len(e) for e in encoded)
+    if max(len(t) for t in prompt_tokens) + longest > n_ctx_train(llama):
+        raise ValueError("a prompt exceeds the model's context")
+    per_group = max(1, GROUP_SEQUENCES // m)
+    decoded = 0
+    for lo in range(0, len(prompts), per_group):
+        if cancel is not None and cancel():
+            break
+        group = prompt_tokens[lo:lo + per_group]
+        decoded += _score_group(llama, group, encoded, out[lo:lo + per_group])
+    return out, decoded
+
+
+def _score_group(llama, group: list[list[int]], encoded: list[list[int]], out: np.ndarray) -> int:
+    m = len(encoded)
+    common = 0  # shared prefix, leaving every prompt at least one token of its own (its last gives the logits)
+    limit = min(len(t) for t in group) - 1
+    while common < limit and all(t[common] == group[0][common] for t in group):
+        common += 1
+    # Phases, each decoded in batches of its own, so that every token attends only to cells earlier batches wrote:
+    # the shared prefix; then each prompt's own tokens; then each prompt's continuations. Entries are (token,
+    # position, sequences, tag), the tag naming the log-probabilities its row's logits give.
+    every = [i * m + j for i in range(len(group)) for j in range(m)]
+    phases = [[(tok, pos, every, None) for pos, tok in enumerate(group[0][:common])]]
+    for i, toks in enumerate(group):
+        seqs = [i * m + j for j in range(m)]
+        phases.append([(toks[pos], pos, seqs, ("first", i) if pos == len(toks) - 1 else None)
+                       for pos in range(common, len(toks))])
+    for i, toks in enumerate(group):
+        phases.append([(tok, len(toks) + t, [i * m + j], ("next", i, j, t + 1))
+                       for j, enc in enumerate(encoded) for t, tok in enumerate(enc[:-1])])  # end token: scored only
+    total = sum(len(p) for p in phases)
+    n_batch = 512
+    with SequenceContext(llama, n_ctx=-(-(total + 8) // 256) * 256, n_batch=n_batch, n_seq=len(every),
+                         unified_kv=True) as ctx:
+        out[:] = 0.0
+        for phase in phases:
+            for lo in range(0, len(phase), n_batch):
+                part = phase[lo:lo + n_batch]
+                ctx.decode_shared([e[0] for e in part], [e[1] for e in part], [e[2] for e in part],
+                                  [e[3] is not None for e in part])
+                tagged = [e[3] for e in part if e[3] is not None]
+                if not tagged:
+                    continue
+                logits = ctx.logits()
+                lse = _logsumexp_rows(logits)
+                for row, tag in enumerate(tagged):
+                    if tag[0] == "first":  # the first token of every continuation after prompt tag[1]
+                        for j, enc in enumerate(encoded):
+                            out[tag[1], j] += float(logits[row, enc[0]] - lse[row])
+                    else:
+                        _, i, j, t = tag
+                        out[i, j] += float(logits[row, encoded[j][t]] - lse[row])
+    return total
