@@ -203,3 +203,12 @@ def test_shared_prefix_scoring_matches_prompt_by_prompt_on_the_gguf():
     assert decoded < sum(llm.count_tokens(p) for p in prompts)
     scores = Verifier(llm).score(question, solutions)
     assert np.allclose(scores, np.exp(many[:, 0]) / np.exp(many).sum(axis=1))
+
+
+def test_default_score_many_counts_prompt_tokens_and_stops_on_cancel(scripted_llm):
+    model = _scorer(scripted_llm, {"42": 0.9})
+    scores, decoded = model.score_many(["a b c \\boxed{42}", "d e"], ["Yes", "No"])
+    assert scores.shape == (2, 2) and np.isclose(math.exp(scores[0, 0]), 0.9)
+    assert decoded == 2 * 2 + 4 + 2  # score()'s 2 a prompt, plus the prompts' own tokens
+    stopped, _ = model.score_many(["x", "y"], ["Yes"], cancel=lambda: True)
+    assert np.isneginf(stopped).all()

@@ -145,12 +145,14 @@ class LLM(Protocol):
         may share the prompts' common prefix instead (:class:`~dca.llm.LlamaCppLLM` does)."""
         import numpy as np
 
-        rows, decoded = [], 0
-        for p in prompts:
-            scores, n = self.score(p, continuations, cancel=cancel)
-            rows.append(scores)
-            decoded += n
-        return np.array(rows, dtype=np.float64).reshape(len(prompts), len(continuations)), decoded
+        out = np.full((len(prompts), len(continuations)), -np.inf)
+        decoded = 0
+        for i, p in enumerate(prompts):
+            if cancel is not None and cancel():
+                break
+            out[i], n = self.score(p, continuations, cancel=cancel)
+            decoded += n + self.count_tokens(p)  # score() counts the continuations' tokens only
+        return out, decoded
 
     def reset(self) -> None:
         """Forget evaluated tokens (a cached prompt prefix), so the next output does not depend on earlier calls;
