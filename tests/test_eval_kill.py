@@ -18,6 +18,7 @@ from dca.eval.report import EvalReport
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
 
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
     ("A box holds 6 eggs. How many eggs are in 5 boxes?", 30),
@@ -28,6 +29,26 @@ QUESTIONS = [
 ]
 
 
+def _gsm8k_file(tmp_path: Path) -> Path:
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": f"... #### {a}"}) + "\n" for q, a in QUESTIONS))
+    return data
+
+
+def _kill_after_two_lines(cmd: list[str], lines: Path) -> int:
+    """Start ``cmd``, SIGKILL it once ``lines`` holds two complete lines; the lines it had written by then."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if lines.exists() and lines.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return lines.read_bytes().count(b"\n")
+
+
 def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dca.cli", "eval", "--task", "gsm8k", "--data", str(data), "--max-tokens", "40",
             "-o", str(out), *extra]
@@ -35,28 +56,16 @@ def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
 
 def test_sigkill_then_resume_gives_the_report_of_an_uninterrupted_run(tmp_path):
     bundled_gguf()
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": f"... #### {a}"}) + "\n" for q, a in QUESTIONS))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    full = subprocess.run(_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    data = _gsm8k_file(tmp_path)
+    full = subprocess.run(_cmd(data, tmp_path / "full"), env=ENV, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_cmd(data, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     predictions = cut / "predictions.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if predictions.exists() and predictions.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = predictions.read_bytes().count(b"\n")
+    done_before = _kill_after_two_lines(_cmd(data, cut), predictions)
     assert 2 <= done_before < len(QUESTIONS) and not (cut / "report.json").exists()
 
-    resumed = subprocess.run(_cmd(data, cut, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_cmd(data, cut, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     a = EvalReport.from_dict(json.loads((tmp_path / "full" / "report.json").read_text()))
     b = EvalReport.from_dict(json.loads((cut / "report.json").read_text()))
@@ -74,27 +83,16 @@ def _verifier_cmd(data: Path, out: Path) -> list[str]:
 
 def test_verifier_data_killed_then_resumed_has_each_question_once_and_the_same_samples(tmp_path):
     bundled_gguf()
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": f"... #### {a}"}) + "\n" for q, a in QUESTIONS))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    full = subprocess.run(_verifier_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    data = _gsm8k_file(tmp_path)
+    full = subprocess.run(_verifier_cmd(data, tmp_path / "full"), env=ENV, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_verifier_cmd(data, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = cut / "samples.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= samples.read_bytes().count(b"\n") < len(QUESTIONS) and not (cut / "orm.jsonl").exists()
+    assert 2 <= _kill_after_two_lines(_verifier_cmd(data, cut), samples) < len(QUESTIONS)
+    assert not (cut / "orm.jsonl").exists()
 
-    resumed = subprocess.run(_verifier_cmd(data, cut), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_verifier_cmd(data, cut), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows}) and len(rows) == len(QUESTIONS)

@@ -121,23 +121,14 @@ class SequenceContext:
                outputs: Sequence[bool] | None = None) -> None:
         """Decode one batch: token ``tokens[i]`` at ``positions[i]`` of sequence ``seq_ids[i]``, with logits
         for every row, or for the rows where ``outputs[i]`` is True (:meth:`logits`, rows in this order)."""
-        batch = self._batch
-        batch.n_tokens = len(tokens)
-        self._n_outputs = 0
-        for i, (tok, pos, seq) in enumerate(zip(tokens, positions, seq_ids)):
-            batch.token[i] = tok
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = True if outputs is None else bool(outputs[i])
-            self._n_outputs += bool(batch.logits[i])
-        self._run()
+        self.decode_shared(tokens, positions, [(s,) for s in seq_ids],
+                           [True] * len(tokens) if outputs is None else outputs)
 
     def decode_shared(self, tokens: Sequence[int], positions: Sequence[int], seq_sets: Sequence[Sequence[int]],
                       outputs: Sequence[bool]) -> None:
         """Decode one batch whose token ``tokens[i]`` sits at ``positions[i]`` of every sequence in ``seq_sets[i]``
-        (one KV cell shared by them, in a unified cache); logits for the rows where ``outputs[i]``
-        (:meth:`logits`)."""
+        (one KV cell shared by them, in a unified cache; :meth:`decode` is the case of one sequence each); logits
+        for the rows where ``outputs[i]`` (:meth:`logits`)."""
         batch = self._batch
         batch.n_tokens = len(tokens)
         self._n_outputs = 0
