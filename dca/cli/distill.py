@@ -14,6 +14,7 @@ from ..distill.filter import FilterConfig
 from ..distill.generate import GenerateConfig
 from ..distill.loop import TrainConfig
 from ..distill.verifier import VerifierDataConfig
+from ..star import StarConfig
 from .common import (
     Status,
     err,
@@ -146,6 +147,90 @@ def distill_verifier(
               f"{report.pass_at_k:.1%}; wrote {report.orm_examples} outcome examples"
               + (f" and {report.prm_examples} step examples ({report.rollouts} rollouts)" if cfg.process else "")
               + f" to {cfg.out_dir} ({files}) in {report.seconds:.0f}s")
+
+# -- star ----------------------------------------------------------------------------------------------------
+
+
+@app.command("star")
+@handles_errors
+def distill_star(
+    questions: Path = typer.Argument(..., help="JSONL training questions with gold answers (the shapes of dca distill generate), e.g. gsm8k_train.jsonl."),
+    out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Directory of the run: iter-N/ per iteration, star.json, accuracy.png; re-running the same command continues it."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="The starting model that iteration 1 samples from: GGUF path or name \\[default: the bundled model]."),
+    base: Optional[str] = typer.Option(None, "--base", help="The weights each iteration fine-tunes from, e.g. the F16 export of a quantized -m \\[default: -m]."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help=with_default("STaR iterations; raise it to continue a finished run.", StarConfig, "iterations")),
+    samples: Optional[int] = typer.Option(None, "--samples", help=with_default("Samples per question.", StarConfig, "samples")),
+    keep: Optional[int] = typer.Option(None, "--keep", help=with_default("At most N distinct right samples of a question are trained on.", StarConfig, "keep")),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions with a gold answer \\[default: all]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=with_default("Temperature of the samples.", StarConfig, "temperature")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=with_default("Most tokens per sample (and per evaluated answer).", StarConfig, "max_tokens")),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=with_default("Repeat penalty of the samples; 1 is off.", StarConfig, "repeat_penalty")),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System prompt sampled, trained and evaluated with \\[default: the GSM8K task's]."),
+    tools: Optional[str] = typer.Option(None, "--tools", help="Tools answered while sampling and evaluating: calculator \\[default: none]."),
+    rationalize: Optional[bool] = typer.Option(None, "--rationalize/--no-rationalize", help="Ask the questions with no right sample again with the gold answer as a hint \\[default: on].", metavar=""),
+    hint_samples: Optional[int] = typer.Option(None, "--hint-samples", help=with_default("Samples per rationalization.", StarConfig, "hint_samples")),
+    continue_training: Optional[bool] = typer.Option(None, "--continue-training/--from-base", help="Fine-tune each iteration from the one before, or from --base as STaR does \\[default: from base].", metavar=""),
+    method: Optional[str] = typer.Option(None, "--method", help="lora | qlora | full, as dca distill train \\[default: lora]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, as dca distill train."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over each iteration's data, as dca distill train."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps per iteration; overrides --epochs."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per training row, as dca distill train."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per training step, as dca distill train."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32, as dca distill train."),
+    qtype: Optional[str] = typer.Option(None, "--qtype", help=with_default("Quant type of the model sampled and evaluated (F16: no quantization).", StarConfig, "qtype")),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out questions evaluated before the first iteration and after each \\[default: no evaluation]."),
+    eval_task: Optional[str] = typer.Option(None, "--eval-task", help=with_default("dca eval task of --eval-data.", StarConfig, "eval_task")),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Evaluate the first N held-out questions \\[default: all]."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help=with_default("Samples per held-out question: 1 is greedy, k > 1 adds maj@k.", StarConfig, "eval_samples")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Sampling and training seed.", StarConfig, "seed")),
+    force: bool = typer.Option(False, "--force", help="Start over, deleting what an earlier run wrote in -o.", metavar=""),
+    config_path: Optional[Path] = config_option("StarConfig"),
+):
+    """Self-improvement by STaR: the model's own verified solutions become its next training data.
+
+    Each iteration samples --samples solutions per training question from the current model, keeps those the
+    answer checker verifies (at most --keep distinct ones per question), asks the failed questions again with
+    the gold answer as a hint and keeps verified rationales without the hint, fine-tunes, exports, and
+    evaluates on --eval-data against the iteration before (paired bootstrap). Every stage is kill-safe: the
+    same command continues where it stopped.
+
+      dca distill star gsm8k_train.jsonl -m student.Q4_K_M.gguf --base student.F16.gguf --method full \\
+          --eval-data gsm8k_test.jsonl --eval-limit 500 -o runs/star
+    """
+    from ..config import load_config
+    from ..star import run_star
+
+    train = {k: v for k, v in {"method": method, "lr": lr, "epochs": epochs, "max_steps": max_steps,
+                               "seq_len": seq_len, "batch_size": batch_size, "precision": precision}.items()
+             if v is not None}
+    given = {"model": model, "base": base, "iterations": iterations, "samples": samples, "keep": keep, "limit": limit,
+             "temperature": temperature, "max_tokens": max_tokens, "repeat_penalty": repeat_penalty,
+             "system_prompt": system_prompt, "tools": tools, "rationalize": rationalize, "hint_samples": hint_samples,
+             "continue_training": continue_training, "qtype": qtype, "eval_data": eval_data, "eval_task": eval_task,
+             "eval_limit": eval_limit, "eval_samples": eval_samples, "seed": seed, "force": force or None}
+    cfg = load_config(StarConfig, config_path, questions=questions, out_dir=out_dir,
+                      **{k: v for k, v in given.items() if v is not None})
+    if train:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train={**cfg.train, **train})
+    with ProgressView(err, transient=True) as view:
+        try:
+            report = run_star(cfg, progress=view)
+        except KeyboardInterrupt:
+            raise interrupted(f"finished work is kept in {cfg.out_dir}; run the same command to continue") from None
+    for b in report.bad_lines:
+        print_warning("skipped", b)
+    t = table("iteration", "pass@k", "kept", "rationales", "held-out", "vs before", "verdict")
+    for it in report.iterations:
+        acc = (f"{it.accuracy:.1%} [{it.accuracy_low:.1%}, {it.accuracy_high:.1%}]" if it.accuracy is not None
+               else "")
+        diff = f"{it.diff * 100:+.1f} [{it.low * 100:+.1f}, {it.high * 100:+.1f}]" if it.diff is not None else ""
+        t.add_row(str(it.iteration), f"{it.pass_at_k:.1%}" if it.iteration else "", str(it.kept) if it.iteration
+                  else "", str(it.rationales_kept) if it.iteration else "", acc, diff, it.verdict or "")
+    print_table(t)
+    out.print(f"wrote {cfg.out_dir}: iter-N/ (samples, sft.jsonl, train/, model, eval/, report.json), star.json"
+              + (", accuracy.png" if cfg.eval_data is not None else ""))
 
 # -- import --------------------------------------------------------------------------------------------------
 

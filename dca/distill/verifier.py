@@ -52,7 +52,7 @@ from .traces import TraceWriter, atomic_trace_writer, drop_partial_line
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VerifierDataConfig", "VerifierDataReport", "make_verifier_data"]
+__all__ = ["Sampler", "VerifierDataConfig", "VerifierDataReport", "append_rows", "make_verifier_data", "read_rows"]
 
 FORMAT, VERSION = "dca-verifier-data", 1
 SAMPLES, ORM, PRM, CONFIG, REPORT = "samples.jsonl", "orm.jsonl", "prm.jsonl", "config.json", "report.json"
@@ -165,7 +165,12 @@ def _prepare(cfg: VerifierDataConfig) -> None:
     atomic_write_json(out / CONFIG, {"format": FORMAT, "version": VERSION, "settings": cfg.settings()})
 
 
-def _done_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The complete JSON lines of ``path`` (none when it does not exist), after dropping a partial last line.
+
+    Raises:
+        LoaderError: a line is not JSON (named by number).
+    """
     drop_partial_line(path)
     rows = []
     if path.exists():
@@ -177,6 +182,51 @@ def _done_rows(path: Path) -> list[dict]:
                     raise LoaderError(path, f"line {number} is not JSON ({e}); delete the line or start over "
                                             "with --force") from e
     return rows
+
+
+def append_rows(path: Path, questions: list, make_row: Callable[[object], dict], *, job: str,
+                progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+                before: Callable[[], None] | None = None) -> tuple[list[dict], int]:
+    """One row per question, read from ``path`` or made by ``make_row`` and appended (a flushed, fsynced line).
+
+    The resumable core of the sampling jobs: a question whose row is in ``path`` is not asked again, so an
+    interrupted job (an exception, a kill) continues where it stopped and draws no sample twice.
+
+    Args:
+        path: the JSONL file of rows, each with the question's ``id`` and its ``samples`` (``correct`` each).
+        questions: the questions (``id`` attribute), in order.
+        make_row: makes the row of a question not in ``path`` yet.
+        job: the progress job's name (unit ``questions``; ``metrics["right"]``, the share of right samples).
+        cancel: polled before each question; True stops (what is done is kept).
+        before: called once before the first question to make (e.g. to load the model).
+
+    Returns:
+        (the rows of ``questions`` that are done, in question order; how many were done before this call).
+
+    Raises:
+        LoaderError: ``path`` holds a line that is not JSON.
+    """
+    emit = emitter(progress)
+    by_id = {r["id"]: r for r in read_rows(path)}
+    skipped = sum(q.id in by_id for q in questions)
+    todo = [q for q in questions if q.id not in by_id]
+    if todo:
+        right = sum(s["correct"] for q in questions if q.id in by_id for s in by_id[q.id]["samples"])
+        drawn = sum(len(by_id[q.id]["samples"]) for q in questions if q.id in by_id)
+        if before is not None:
+            before()
+        with TraceWriter(path) as writer:
+            for i, q in enumerate(todo):
+                if cancel is not None and cancel():
+                    break
+                row = make_row(q)
+                writer.write(row)
+                by_id[q.id] = row
+                right += sum(s["correct"] for s in row["samples"])
+                drawn += len(row["samples"])
+                emit(Progress(job, done=skipped + i + 1, total=len(questions), unit="questions",
+                              metrics={"right": right / max(1, drawn)}))
+    return [by_id[q.id] for q in questions if q.id in by_id], skipped
 
 
 def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressFn | None = None,
@@ -198,40 +248,31 @@ def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressF
         LoaderError: the questions file cannot be read or has no question with a gold answer.
         ModelError: the model cannot be loaded.
     """
-    from ..assistant import Assistant, AssistantConfig
-
     t0 = time.perf_counter()
-    emit = emitter(progress)
     questions, bad = load_questions(cfg.questions, None)
     questions = [q for q in questions if q.gold is not None][:cfg.limit]
     if not questions:
         raise LoaderError(cfg.questions, "no question with a gold answer (GSM8K '#### N', MATH \\boxed{}, or gold)")
     _prepare(cfg)
-    rows = _done_rows(cfg.out_dir / SAMPLES)
-    done = {r["id"] for r in rows}
     report = VerifierDataReport(str(cfg.out_dir), bad_lines=[str(b) for b in bad])
-    report.skipped = sum(q.id in done for q in questions)
-    todo = [q for q in questions if q.id not in done]
-    if todo:
-        acfg = AssistantConfig(samples=cfg.samples, sample_temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                               repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, think=False,
-                               top_k=0, history_turns=0, tools=cfg.tools, strategy="self_consistency")
+    student = Sampler(llm if llm is not None else cfg.model, samples=cfg.samples, temperature=cfg.temperature,
+                      max_tokens=cfg.max_tokens, repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt,
+                      tools=cfg.tools)
+
+    def make_row(q) -> dict:
+        row = student.sample(q, cfg.seed)
+        for j, s in enumerate(row["samples"]):
+            if cfg.process:
+                s["steps"], n = _label_steps(student.bot, cfg, q, j, s["text"], s["correct"])
+                report.rollouts += n
+        return row
+
+    def load() -> None:
         if llm is None:
-            emit(Progress("verifier", phase="loading the model"))
-        bot = Assistant(model=llm if llm is not None else cfg.model, config=acfg)
-        with TraceWriter(cfg.out_dir / SAMPLES) as writer:
-            for i, q in enumerate(todo):
-                if cancel is not None and cancel():
-                    break
-                row, drawn = _sample_question(bot, cfg, q)
-                writer.write(row)
-                rows.append(row)
-                report.rollouts += drawn
-                emit(Progress("verifier", done=report.skipped + i + 1, total=len(questions), unit="questions",
-                              metrics={"right": sum(s["correct"] for r in rows for s in r["samples"])
-                                       / max(1, sum(len(r["samples"]) for r in rows))}))
-    ids = {q.id for q in questions}
-    rows = [r for r in rows if r["id"] in ids]
+            emitter(progress)(Progress("verifier", phase="loading the model"))
+
+    rows, report.skipped = append_rows(cfg.out_dir / SAMPLES, questions, make_row, job="verifier", progress=progress,
+                                       cancel=cancel, before=load)
     report.questions = len(rows)
     report.samples = sum(len(r["samples"]) for r in rows)
     report.correct = sum(s["correct"] for r in rows for s in r["samples"])
@@ -244,25 +285,55 @@ def make_verifier_data(cfg: VerifierDataConfig, *, llm=None, progress: ProgressF
     return report
 
 
-def _sample_question(bot, cfg: VerifierDataConfig, q) -> dict:
-    from dataclasses import replace
+class Sampler:
+    """A student answering questions k times, as at test time, each sample labelled by the shared checker.
 
-    from ..grading import is_equivalent
+    The student (a GGUF path or name, None for the bundled model, or an :class:`~dca.llm.LLM`) is loaded on
+    first use. Its settings are the assistant's: the system prompt, the parallel llama.cpp sampler of
+    ``--samples`` (``samples`` solutions at ``temperature``, ``max_tokens`` each), the tools.
+    """
 
-    bot.config = replace(bot.config, seed=sample_seed(cfg.seed, q.id, 0))
-    bot.reset()
-    answer = bot.ask(q.question)
-    samples = []
-    rollouts = 0
-    for j, s in enumerate(answer.samples):
-        right = s.answer is not None and is_equivalent(s.answer, q.gold)
-        rec = {"text": solution_text(s.thinking, s.text), "answer": s.answer, "correct": bool(right),
-               "tokens": s.tokens, "tool_calls": [c.to_dict() for c in s.tool_calls]}
-        if cfg.process:
-            rec["steps"], n = _label_steps(bot, cfg, q, j, rec["text"], rec["correct"])
-            rollouts += n
-        samples.append(rec)
-    return {"id": q.id, "question": q.question, "gold": q.gold, "samples": samples}, rollouts
+    def __init__(self, model, *, samples: int, temperature: float, max_tokens: int, repeat_penalty: float,
+                 system_prompt: str, tools: tuple[str, ...] = ()):
+        self.model = model
+        self.config = dict(samples=samples, sample_temperature=temperature, max_tokens=max_tokens,
+                           repeat_penalty=repeat_penalty, system_prompt=system_prompt, think=False, top_k=0,
+                           history_turns=0, tools=tuple(tools), strategy="self_consistency")
+        self._bot = None
+
+    @property
+    def bot(self):
+        """The :class:`~dca.assistant.Assistant` that samples (loads the model the first time)."""
+        if self._bot is None:
+            from ..assistant import Assistant, AssistantConfig
+
+            self._bot = Assistant(model=self.model, config=AssistantConfig(**self.config))
+        return self._bot
+
+    def sample(self, q, seed: int, *, prompt: str | None = None, stream: int = 0, n: int | None = None) -> dict:
+        """The row of question ``q``: ``{"id", "question", "gold", "samples": [{"text", "answer", "correct",
+        "tokens", "tool_calls"}]}``, ``n`` samples (None: k) asked with ``prompt`` (None: the question itself; the
+        row keeps the question as it is), seeded by ``sample_seed(seed, q.id, stream)`` so that a rerun draws
+        the same."""
+        from dataclasses import replace
+
+        from ..grading import is_equivalent
+
+        bot = self.bot
+        bot.config = replace(bot.config, seed=sample_seed(seed, q.id, stream),
+                             samples=self.config["samples"] if n is None else n)
+        bot.reset()
+        answer = bot.ask(q.question if prompt is None else prompt)
+        samples = [{"text": solution_text(s.thinking, s.text), "answer": s.answer,
+                    "correct": bool(s.answer is not None and is_equivalent(s.answer, q.gold)),
+                    "tokens": s.tokens, "tool_calls": [c.to_dict() for c in s.tool_calls]} for s in answer.samples]
+        return {"id": q.id, "question": q.question, "gold": q.gold, "samples": samples}
+
+    def close(self) -> None:
+        """Free the model when this sampler loaded it (an :class:`~dca.llm.LLM` given to it stays open)."""
+        if self._bot is not None and not hasattr(self.model, "sample"):
+            self._bot.llm.close()
+        self._bot = None
 
 
 def _label_steps(bot, cfg: VerifierDataConfig, q, j: int, text: str, correct: bool) -> tuple[list[int], int]:
