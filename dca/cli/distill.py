@@ -13,6 +13,7 @@ from rich.text import Text
 from ..distill.filter import FilterConfig
 from ..distill.generate import GenerateConfig
 from ..distill.loop import TrainConfig
+from ..distill.rl import RLConfig
 from ..distill.verifier import VerifierDataConfig
 from ..star import StarConfig
 from .common import (
@@ -147,6 +148,70 @@ def distill_verifier(
               f"{report.pass_at_k:.1%}; wrote {report.orm_examples} outcome examples"
               + (f" and {report.prm_examples} step examples ({report.rollouts} rollouts)" if cfg.process else "")
               + f" to {cfg.out_dir} ({files}) in {report.seconds:.0f}s")
+
+# -- rl ------------------------------------------------------------------------------------------------------
+
+
+@app.command("rl")
+@handles_errors
+def distill_rl(
+    questions: Path = typer.Argument(..., help="JSONL training questions with gold answers (the shapes of dca distill generate), e.g. gsm8k_train.jsonl."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory: config.yaml, manifest.json, metrics.jsonl, rewards.png, checkpoints/, then adapter/ or model/. Re-running the same command continues it."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=with_default("The starting policy: HF directory, GGUF or name from dca models.", RLConfig, "model")),
+    method: Optional[str] = typer.Option(None, "--method", help=with_default("lora | full.", RLConfig, "method")),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help=with_default("LoRA rank.", RLConfig, "lora_r")),
+    samples: Optional[int] = typer.Option(None, "--samples", help=with_default("Completions per question: GRPO's group.", RLConfig, "samples")),
+    questions_per_step: Optional[int] = typer.Option(None, "--questions-per-step", help=with_default("Questions per optimizer step on each process.", RLConfig, "questions_per_step")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=with_default("Most tokens per completion.", RLConfig, "max_tokens")),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=with_default("Temperature of the completions.", RLConfig, "temperature")),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate, constant \\[default: 1e-6 full, 1e-5 LoRA]."),
+    beta: Optional[float] = typer.Option(None, "--beta", help=with_default("KL coefficient to the starting policy; 0 loads no reference model.", RLConfig, "beta")),
+    format_weight: Optional[float] = typer.Option(None, "--format-weight", help=with_default("Weight of the format reward (answer in \\boxed{}) beside the checker's 0/1.", RLConfig, "format_weight")),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=with_default("Optimizer steps; raise it to train a finished run further.", RLConfig, "max_steps")),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=with_default("Checkpoint every N steps.", RLConfig, "save_every")),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions with a gold answer \\[default: all]."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn of every prompt \\[default: the GSM8K task's]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=with_default("auto | bf16 | fp32.", RLConfig, "precision")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Seed of the data order, the sampling and the adapter.", RLConfig, "seed")),
+    force: bool = typer.Option(False, "--force", help="Start over, deleting what an earlier run wrote in -o.", metavar=""),
+    config_path: Optional[Path] = config_option("RLConfig"),
+):
+    """Reinforcement learning with verifiable rewards: GRPO (TRL's GRPOTrainer), the answer checker as the reward.
+
+    Each step answers --questions-per-step questions --samples times, rewards each completion 1 when the
+    checker verifies its answer (plus --format-weight when it is in \\boxed{}), and moves the policy toward the
+    completions better than their group's mean, with a KL penalty (--beta) to the starting policy. Reward,
+    accuracy, KL and completion length go to metrics.jsonl and rewards.png; checkpoints every --save-every
+    steps; the same command continues. Export the result like any training run:
+
+      dca distill rl gsm8k_train.jsonl -m student.F16.gguf --method full -o runs/grpo
+      dca quant export runs/grpo/model -t Q4_K_M -o grpo.Q4_K_M.gguf
+
+    Several processes (DDP): accelerate launch --num_processes 2 -m dca.cli distill rl ...
+    """
+    from ..config import load_config
+    from ..distill.rl import run_rl
+
+    given = {"model": model, "method": method, "lora_r": lora_r, "samples": samples,
+             "questions_per_step": questions_per_step, "max_tokens": max_tokens, "temperature": temperature, "lr": lr,
+             "beta": beta, "format_weight": format_weight, "max_steps": max_steps, "save_every": save_every,
+             "limit": limit, "system_prompt": system_prompt, "precision": precision, "seed": seed,
+             "force": force or None}
+    if out_dir is None and config_path is None:
+        raise typer.BadParameter("give -o/--out-dir (or -c RUN/config.yaml)", param_hint="-o/--out-dir")
+    cfg = load_config(RLConfig, config_path, questions=questions, out_dir=out_dir,
+                      **{k: v for k, v in given.items() if v is not None})
+    with ProgressView(err, transient=True) as view:
+        try:
+            result = run_rl(cfg, progress=view)
+        except KeyboardInterrupt:
+            raise interrupted(f"checkpoints are kept in {cfg.out_dir / 'checkpoints'}; run the same command to "
+                              "continue from the newest") from None
+    last = result.last
+    figures = ", ".join(f"{k} {last[k]:.3f}" for k in ("reward", "accuracy", "kl", "completion_length")
+                        if last.get(k) is not None)
+    out.print(f"{result.steps} GRPO steps in {result.seconds:.0f}s ({figures}); policy in {result.output}; "
+              f"curves in {cfg.out_dir / 'rewards.png'}")
 
 # -- star ----------------------------------------------------------------------------------------------------
 

@@ -354,6 +354,16 @@ def _rng_state(device) -> dict:
             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
 
 
+class _NoMetrics:
+    """``metrics.jsonl`` of a process that is not the main one: nothing is written."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _set_rng(rng: dict) -> None:
     import torch
 
@@ -365,13 +375,17 @@ def _set_rng(rng: dict) -> None:
 def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, stats: DataStats,
              train_rows: list[Row], eval_rows: list[Row], checkpoint: Path | None, device, bf16: bool,
              progress: ProgressFn | None, cancel: Callable[[], bool] | None,
-             t_wall: float) -> TrainResult:
+             t_wall: float, dp=None) -> TrainResult:
     """Train ``model`` on ``train_rows`` as ``cfg`` says, writing ``cfg.out_dir`` (see :mod:`dca.distill.rundir`).
 
     ``progress`` gets a :class:`~dca.progress.Progress` (job ``train``, unit ``steps``) before the first step and
     after each: metrics ``epoch`` (passes over the training rows), ``lr``, ``elapsed_s`` (training seconds, earlier
     invocations included), ``tokens_seen``, and once known ``loss`` (this step's mean token cross-entropy, nats),
     ``eval_loss`` (the latest held-out loss), ``tokens_per_s`` (this invocation) and ``eta_s``.
+
+    With ``dp`` (:class:`~dca.distill.parallel.DataParallel`) of several processes, each trains on its share of a
+    step's rows and the gradients are summed across them (:mod:`dca.distill.parallel`); only the main process
+    writes the run directory and reports progress.
 
     Raises:
         Cancelled: ``cancel`` returned True (after writing a checkpoint).
@@ -381,6 +395,9 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
     import torch
 
     from .. import __version__
+    from .parallel import DataParallel
+
+    dp = dp or DataParallel()
 
     run_dir = cfg.out_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -419,9 +436,10 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
         "output": rundir.ADAPTER if cfg.method == "lora" else rundir.MODEL,
         "dca_version": __version__, "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
     }
-    rundir.write_config(run_dir, cfg.settings())
-    rundir.write_manifest(run_dir, manifest)
-    metrics = rundir.MetricsLog(run_dir, step)
+    if dp.main:
+        rundir.write_config(run_dir, cfg.settings())
+        rundir.write_manifest(run_dir, manifest)
+    metrics = rundir.MetricsLog(run_dir, step) if dp.main else _NoMetrics()
     past = [r for r in rundir.read_metrics(run_dir) if r.get("loss") is not None]
     first_loss = past[0]["loss"] if past else None
     eval_loss = next((r["eval_loss"] for r in reversed(rundir.read_metrics(run_dir)) if r.get("eval_loss") is not None),
@@ -445,7 +463,7 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
     last_loss, lr = (past[-1]["loss"] if past else None), scheduler.get_last_lr()[0]
 
-    emit = emitter(progress)
+    emit = emitter(progress if dp.main else None)
 
     def report(loss):
         metrics = {"epoch": step * rows_per_step / n_rows, "lr": lr, "elapsed_s": train_s, "tokens_seen": tokens_seen}
@@ -458,6 +476,9 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
 
     def save():
         nonlocal saved_step
+        if not dp.main:
+            saved_step = step
+            return
         rundir.save_checkpoint(run_dir, step, model, optimizer, scheduler, rng_after,
                                {"tokens_seen": tokens_seen, "train_seconds": train_s}, cfg.keep_checkpoints)
         saved_step = step
@@ -470,9 +491,10 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
         if not updating and step > saved_step:
             save()
         manifest["status"] = status
-        rundir.write_manifest(run_dir, manifest)
         metrics.close()
-        rundir.plot_loss(run_dir)
+        if dp.main:
+            rundir.write_manifest(run_dir, manifest)
+            rundir.plot_loss(run_dir)
 
     if step == 0 and eval_rows:  # the untrained model's held-out loss: where the curve starts
         eval_loss = evaluate(model, eval_rows, batch_size=cfg.batch_size, pad_id=pad_id, device=device,
@@ -482,16 +504,20 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
     try:
         while step < total:
             rows = rows_of(step)
-            n_labels = sum(1 for r in rows for x in r.labels if x != IGNORE)
+            n_labels = sum(1 for r in rows for x in r.labels if x != IGNORE)  # of the whole step, every process's
             n_tokens = sum(r.tokens for r in rows)
             t0 = time.perf_counter()
             loss_value = 0.0
-            for i in range(0, len(rows), cfg.batch_size):
-                ids, pos, targets = collate(rows[i:i + cfg.batch_size], pad_id, device)
+            mine = rows[dp.rank::dp.world]
+            for i in range(0, len(mine), cfg.batch_size):
+                ids, pos, targets = collate(mine[i:i + cfg.batch_size], pad_id, device)
                 with autocast():
                     loss = loss_sum(model, ids, pos, targets, split) / n_labels
                 loss.backward()
                 loss_value += loss.item()
+            if dp.world > 1:
+                dp.sum_gradients(params)
+                loss_value = dp.sum(loss_value)
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item() if cfg.max_grad_norm > 0
                          else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params
                                                                     if p.grad is not None])).item())
@@ -533,11 +559,14 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
     except KeyboardInterrupt:
         stop("interrupted")
         raise
-    output = rundir.save_final(run_dir, model, tokenizer, method=cfg.method, base_path=Path(base["path"]))
-    manifest["status"] = "complete"
-    rundir.write_manifest(run_dir, manifest)
+    output = run_dir / (rundir.ADAPTER if cfg.method == "lora" else rundir.MODEL)
     metrics.close()
-    rundir.plot_loss(run_dir)
+    if dp.main:
+        output = rundir.save_final(run_dir, model, tokenizer, method=cfg.method, base_path=Path(base["path"]))
+        manifest["status"] = "complete"
+        rundir.write_manifest(run_dir, manifest)
+        rundir.plot_loss(run_dir)
+    dp.barrier()  # the other processes return once the model is written
     return TrainResult(run_dir=run_dir, output=output, steps=step, total_steps=total, resumed_from=resumed_from,
                        first_loss=first_loss, loss=last_loss, eval_loss=eval_loss, tokens_seen=tokens_seen,
                        tokens_per_s=this_tokens / this_s if this_s else None, train_seconds=train_s,

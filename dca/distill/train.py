@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError, missing
@@ -328,13 +328,22 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
            "model": fingerprint(path)}
     if cfg.chat_template is not None:
         fps["chat_template"] = fingerprint(cfg.chat_template)
-    state, checkpoint = _prepare_run_dir(cfg, fps)
+    from .parallel import setup
+
+    dp = setup()  # several processes under accelerate launch: rank 0 checks (and clears) the directory first
+    if dp.main:
+        state, checkpoint = _prepare_run_dir(cfg, fps)
+    dp.barrier()
+    if not dp.main:
+        state, checkpoint = _prepare_run_dir(replace(cfg, force=False), fps)
     if state == "complete":
         return _completed(cfg, t_wall)
     _import_stack()
     import torch
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if dp.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dp.local_rank)
     if cfg.qlora:
         _check_qlora(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -360,7 +369,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
     return run_loop(cfg, model, tokenizer, base={"path": str(base_path), "kind": kind}, inputs=fps, stats=stats,
                     train_rows=train_rows,
                     eval_rows=eval_rows, checkpoint=checkpoint, device=device, bf16=bf16, progress=progress,
-                    cancel=cancel, t_wall=t_wall)
+                    cancel=cancel, t_wall=t_wall, dp=dp)
 
 
 def _completed(cfg: TrainConfig, t_wall: float) -> TrainResult:
