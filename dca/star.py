@@ -98,12 +98,15 @@ class StarConfig:
             (``--continue-training``).
         train: settings of :class:`~dca.distill.train.TrainConfig` (method, lr, epochs, max_steps, seq_len,
             batch_size, ...) but data, model, out_dir, resume and force, which the loop fills in.
-        qtype: the quant type of the model that is sampled and evaluated (``--qtype``; F16 skips quantizing).
+        qtype: the quant type of each iteration's model, sampled and evaluated (``--qtype``; F16 or F32 skip
+            quantizing; None: the type of ``model``). It must be ``model``'s type, so that every iteration is
+            compared with the starting model at the same quantization.
         eval_data: held-out questions evaluated after each iteration (``--eval-data``; None: no evaluation).
         eval_task: the ``dca eval`` task of ``eval_data`` (``--eval-task``).
         eval_limit: the first N held-out questions (``--eval-limit``).
         eval_samples: samples per held-out question: 1 is greedy, k > 1 reports maj@k (``--eval-samples``).
-            The evaluation asks as the samples were drawn: the system prompt, no thinking, ``max_tokens``.
+            The evaluation asks as the samples were drawn: the system prompt, no thinking, ``max_tokens``, the
+            repeat penalty.
         seed: the sampling seed; each question's is derived from it and its id.
         force: start over, deleting what an earlier run wrote.
     """
@@ -125,7 +128,7 @@ class StarConfig:
     hint_samples: int = 2
     continue_training: bool = False
     train: dict = field(default_factory=dict)
-    qtype: str = "Q4_K_M"
+    qtype: str | None = None
     eval_data: Path | None = None
     eval_task: str = "gsm8k"
     eval_limit: int | None = None
@@ -139,7 +142,7 @@ class StarConfig:
         if isinstance(self.tools, str):
             self.tools = tuple(t.strip() for t in self.tools.split(",") if t.strip())
         self.tools = tuple(self.tools)
-        self.qtype = str(self.qtype).upper()
+        self.qtype = str(self.qtype).upper() if self.qtype is not None else None
         self.train = dict(self.train or {})
         for name, value, low in (("--iterations", self.iterations, 1), ("--samples", self.samples, 1),
                                  ("--keep", self.keep, 1), ("--hint-samples", self.hint_samples, 1),
@@ -267,12 +270,14 @@ def _iteration_models(cfg: StarConfig, n: int) -> tuple[str | None, str | None]:
         return cfg.model, cfg.base or cfg.model
     prev = cfg.out_dir / f"iter-{n - 1}"
     sampled = str(prev / f"model.{cfg.qtype}.gguf")
-    return sampled, str(prev / "model.F16.gguf") if cfg.continue_training else cfg.base or cfg.model
+    full = cfg.qtype if cfg.qtype in ("F16", "F32") else "F16"  # the full-precision export of iteration n-1
+    return sampled, str(prev / f"model.{full}.gguf") if cfg.continue_training else cfg.base or cfg.model
 
 
 def _eval_settings(cfg: StarConfig) -> dict:
     s = {"task": cfg.eval_task, "data": str(cfg.eval_data), "limit": cfg.eval_limit, "samples": cfg.eval_samples,
-         "system_prompt": cfg.system_prompt, "think": False, "max_tokens": cfg.max_tokens}
+         "system_prompt": cfg.system_prompt, "think": False, "max_tokens": cfg.max_tokens,
+         "repeat_penalty": cfg.repeat_penalty}
     if cfg.tools:
         s["tools"] = list(cfg.tools)
     return {k: v for k, v in s.items() if v is not None}
@@ -317,6 +322,11 @@ def run_star(cfg: StarConfig, *, sampler_for: Callable[[str | None], object] | N
     questions = [q for q in questions if q.gold is not None][:cfg.limit]
     if not questions:
         raise LoaderError(cfg.questions, "no question with a gold answer (GSM8K '#### N', MATH \\boxed{}, or gold)")
+    _resolve_qtype(cfg)
+    try:  # the train, export and eval settings are checked now, not after hours of sampling
+        _pipeline_config(cfg, 1, cfg.base or cfg.model)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (a setting of the training, export or evaluation of each iteration)") from e
     _prepare(cfg)
     report = StarReport(cfg.out_dir, bad_lines=[str(b) for b in bad])
     previous_eval = None
@@ -332,6 +342,32 @@ def run_star(cfg: StarConfig, *, sampler_for: Callable[[str | None], object] | N
         previous_eval = cfg.out_dir / f"iter-{n}" / "eval" if cfg.eval_data is not None else None
     _write_table(cfg, report)
     return report
+
+
+def _gguf_type(path: str | None) -> str | None:
+    """The quant type of a GGUF (its ``general.file_type`` by llama.cpp's name), None when it cannot be read."""
+    from .llm import resolve_model
+
+    try:
+        from gguf import GGUFReader
+
+        from .quant.quantize import LLAMA_CPP_TYPES, WRITE_TYPES
+
+        f = GGUFReader(str(resolve_model(path))).fields.get("general.file_type")
+        value = int(f.parts[f.data[0]][0]) if f is not None else None
+    except Exception:  # no gguf package, not a GGUF, unknown name: the check is skipped
+        return None
+    return {v: k for k, v in {**WRITE_TYPES, **LLAMA_CPP_TYPES}.items()}.get(value)
+
+
+def _resolve_qtype(cfg: StarConfig) -> None:
+    start = _gguf_type(cfg.model)
+    if cfg.qtype is None:
+        cfg.qtype = start or "Q4_K_M"
+    elif start is not None and start != cfg.qtype:
+        raise ConfigError(f"--qtype {cfg.qtype} differs from the type of -m/--model ({start}): each iteration is "
+                          f"compared with the starting model, so both must be quantized alike; give --qtype {start} "
+                          f"or a -m exported as {cfg.qtype} (dca quant export ... -t {cfg.qtype})")
 
 
 def _evaluate_start(cfg: StarConfig, progress) -> Path:
@@ -380,6 +416,7 @@ def _run_iteration(cfg: StarConfig, n: int, questions, previous_eval: Path | Non
                 emit(Progress(job, phase="loading the model"))
         return load
 
+    _check_provenance(d, sampled_model)
     emit(Progress("star", phase=f"iteration {n}: sample"))
     seed = cfg.seed + n - 1  # each iteration draws new samples
     rows, _ = append_rows(d / SAMPLES, questions, lambda q: student.sample(q, seed), job="sample",
@@ -427,6 +464,31 @@ def _run_iteration(cfg: StarConfig, n: int, questions, previous_eval: Path | Non
     atomic_write_json(d / REPORT, {**asdict(it), "pass_at_k": it.pass_at_k, "sampled_from": sampled_model,
                                    "trained_from": base})
     return it
+
+
+def _check_provenance(d: Path, sampled_model: str | None) -> None:
+    """Record which model an iteration's samples come from; when that model has changed since (iteration N-1
+    trained again), the samples and rationales drawn from the old one are removed so that they are drawn again."""
+    from .distill.stamps import fingerprint
+    from .llm import resolve_model
+
+    try:
+        mark = fingerprint(resolve_model(sampled_model))
+    except Exception:  # the model is not there yet or cannot be resolved: sampling will say so
+        return
+    path = d / "sampled_from.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old == mark:
+            return
+        if old is not None:
+            log.warning("%s: the model sampled from changed since its samples were drawn; drawing them again", d)
+        for name in (SAMPLES, RATIONALES, SFT):
+            (d / name).unlink(missing_ok=True)
+    atomic_write_json(path, mark)
 
 
 def _write_if_changed(path: Path, traces: list[Trace]) -> None:

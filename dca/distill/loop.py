@@ -517,7 +517,7 @@ def run_loop(cfg: TrainConfig, model, tokenizer, *, base: dict, inputs: dict, st
                 loss_value += loss.item()
             if dp.world > 1:
                 dp.sum_gradients(params)
-                loss_value = dp.sum(loss_value)
+                loss_value = dp.sum(loss_value, device if device.type == "cuda" else None)
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item() if cfg.max_grad_norm > 0
                          else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params
                                                                     if p.grad is not None])).item())

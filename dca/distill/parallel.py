@@ -49,16 +49,37 @@ class DataParallel:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
 
-    def sum(self, value: float) -> float:
-        """``value`` summed over the processes."""
+    def sum(self, value: float, device=None) -> float:
+        """``value`` summed over the processes (``device``: where the process group reduces, e.g. the CUDA
+        device for NCCL, which cannot reduce CPU tensors; None: the CPU)."""
         if self.world == 1:
             return value
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t.item())
+
+    def decide(self, fn, device=None):
+        """``fn()`` run by the main process only, its result (or the exception it raised) given to every process,
+        so that all go on, or all raise, alike (a check of the run directory, which only the main one may clear).
+        """
+        if self.world == 1:
+            return fn()
+        import torch.distributed as dist
+
+        box = [None]
+        if self.main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:  # every process raises it, not the main one alone
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0, device=device)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
 
 
 def setup() -> DataParallel:

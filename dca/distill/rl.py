@@ -3,9 +3,11 @@
 GRPO (Group Relative Policy Optimization; Shao et al. 2024, arXiv 2402.03300, the RL of DeepSeek-R1): each
 training question is answered ``samples`` times by the policy; each completion's reward is the shared answer
 checker's verdict against the gold (:func:`dca.grading.is_equivalent` of :func:`dca.grading.extract_answer`: 1 or 0)
-plus ``format_weight`` times a format reward (1 when the completion ends its answer in ``\\boxed{}``); its advantage
+plus ``format_weight`` times a format reward (1 when the completion gives an answer in ``\\boxed{}``); its advantage
 is the reward less the group's mean, over the group's standard deviation; the policy gradient is clipped as PPO's
-and a KL penalty (``beta``) to the starting model keeps the policy near it. The loop is TRL's (no RL loop of our
+and a KL penalty (``beta``) to the starting model keeps the policy near it. The loss is TRL's default, the
+token-level normalization of DAPO (Yu et al. 2025, arXiv 2503.14476; ``loss_type="dapo"``), which does not favour
+short wrong completions as the per-sequence mean of the GRPO paper does. The loop is TRL's (no RL loop of our
 own); dca gives it the model (an HF directory, a GGUF dequantized, or a registered name), the data, the rewards,
 the run directory and the progress.
 
@@ -19,7 +21,7 @@ The run directory:
     "kind"}, "method", "output", "train_seconds", "updated"}``.
 ``metrics.jsonl``
     one object per step: ``step``, ``reward`` (mean total reward of the step's completions), ``reward_std``,
-    ``accuracy`` (share of completions the checker verified), ``format`` (share ending in ``\\boxed{}``), ``kl``
+    ``accuracy`` (share of completions the checker verified), ``format`` (share with an answer in ``\\boxed{}``), ``kl``
     (mean per-token KL to the starting model, with ``beta`` > 0), ``completion_length`` (mean tokens), ``loss``,
     ``lr``, ``grad_norm``, ``elapsed_s``, ``steps_per_s``, ``tokens_per_s`` (prompt and completion tokens
     processed per second).
@@ -179,7 +181,7 @@ def correctness_rewards(completions: list, gold: list[str]) -> list[float]:
 
 
 def format_rewards(completions: list) -> list[float]:
-    """1.0 per completion that gives its final answer in ``\\boxed{}``, else 0.0."""
+    """1.0 per completion that gives an answer in ``\\boxed{}`` (the last one is the answer graded), else 0.0."""
     from ..grading import _last_boxed
 
     return [1.0 if _last_boxed(_text(c)) is not None else 0.0 for c in completions]
@@ -275,15 +277,15 @@ def run_rl(cfg: RLConfig, *, progress: ProgressFn | None = None, callbacks: list
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as e:
         raise missing(e.name or "trl", "rl") from e
-    from accelerate import PartialState
+    from .parallel import setup
+    from .train import _collective_device
 
     t0 = time.perf_counter()
     emit = emitter(progress)
-    state = PartialState()
-    main = state.is_main_process
+    dp = setup()  # several processes under accelerate launch: rank 0 checks (and clears) the directory for all
+    main = dp.main
     cfg.out_dir = cfg.out_dir.expanduser().resolve()
-    resume = _prepare_dir(cfg) if main else (cfg.out_dir / rundir.CONFIG).exists()
-    state.wait_for_everyone()
+    resume = dp.decide(lambda: _prepare_dir(cfg), _collective_device(dp))
     dataset, bad = _dataset(cfg)
     for b in bad:
         log.warning("skipped %s", b)
@@ -298,10 +300,12 @@ def run_rl(cfg: RLConfig, *, progress: ProgressFn | None = None, callbacks: list
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     out = cfg.out_dir
+    last_checkpoint = _last_checkpoint(out / CHECKPOINTS) if resume else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         rundir.write_config(out, cfg.settings())
-        manifest = {"format": RL_FORMAT, "version": RL_VERSION, "status": "running", "step": 0,
+        manifest = {"format": RL_FORMAT, "version": RL_VERSION, "status": "running",
+                    "step": last_checkpoint[0] if last_checkpoint else 0,
                     "total_steps": cfg.max_steps, "base": {"path": str(base_path), "kind": kind},
                     "method": cfg.method, "output": rundir.ADAPTER if cfg.method == "lora" else rundir.MODEL}
         atomic_write_json(out / rundir.MANIFEST, manifest)
@@ -313,7 +317,6 @@ def run_rl(cfg: RLConfig, *, progress: ProgressFn | None = None, callbacks: list
         data_seed=cfg.seed, use_cpu=not cuda, bf16=bf16, disable_tqdm=True, lr_scheduler_type="constant",
         reward_weights=[1.0, cfg.format_weight], log_completions=False, dataloader_num_workers=0,
         save_only_model=False, top_k=0)
-    last_checkpoint = _last_checkpoint(out / CHECKPOINTS) if resume else None
     if main:
         _trim_metrics(out, last_checkpoint[0] if last_checkpoint else 0)
 
@@ -335,14 +338,17 @@ def run_rl(cfg: RLConfig, *, progress: ProgressFn | None = None, callbacks: list
                   unit="steps"))
     trainer.train(resume_from_checkpoint=str(last_checkpoint[1]) if last_checkpoint else None)
     result = RLResult(out, steps=trainer.state.global_step, total_steps=cfg.max_steps, last=logger.last)
+    # every process takes part: under FSDP or DeepSpeed ZeRO-3 the full weights are gathered from all of them
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    result.output = out / (rundir.ADAPTER if cfg.method == "lora" else rundir.MODEL)
     if main:
-        policy = trainer.model
-        result.output = rundir.save_final(out, policy, tokenizer, method=cfg.method, base_path=base_path)
+        result.output = rundir.save_final(out, trainer.model, tokenizer, method=cfg.method, base_path=base_path,
+                                          state_dict=weights)
         _plot(out)
         manifest.update(status="complete", step=result.steps, train_seconds=round(time.perf_counter() - t0, 3),
                         updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         atomic_write_json(out / rundir.MANIFEST, manifest)
-    state.wait_for_everyone()
+    dp.barrier()
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -378,6 +384,10 @@ class _MetricsLog:
         log_self = self
 
         class Callback(base_class):
+            def on_train_begin(self, args, state, control, **kwargs):
+                log_self.t0 = time.perf_counter()  # the rates count training, not loading
+                log_self.prev = (0.0, log_self.t0)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 log_self.on_log(state, logs or {})
 

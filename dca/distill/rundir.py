@@ -213,15 +213,20 @@ def plot_loss(run_dir: Path) -> None:
         plt.close(fig)
 
 
-def save_final(run_dir: Path, model, tokenizer, *, method: str, base_path: Path) -> Path:
-    """Write ``adapter/`` (LoRA) or ``model/`` (full) atomically, with the tokenizer; returns the directory."""
+def save_final(run_dir: Path, model, tokenizer, *, method: str, base_path: Path,
+               state_dict: dict | None = None) -> Path:
+    """Write ``adapter/`` (LoRA) or ``model/`` (full) atomically, with the tokenizer; returns the directory.
+
+    ``state_dict``: the model's weights gathered from a sharded run (FSDP, DeepSpeed ZeRO-3), None to take them
+    from ``model``."""
     name = ADAPTER if method == "lora" else MODEL
     final = run_dir / name
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
     with atomic_path(final) as tmp:
         if method == "lora":
             model.peft_config["default"].base_model_name_or_path = str(base_path)
-            model.save_pretrained(str(tmp), save_embedding_layers=False)  # False: no Hub lookup of the base
+            model.save_pretrained(str(tmp), save_embedding_layers=False, **extra)  # False: no Hub lookup of the base
         else:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), **extra)
         tokenizer.save_pretrained(str(tmp))
     return final

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError, missing
@@ -330,12 +330,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
         fps["chat_template"] = fingerprint(cfg.chat_template)
     from .parallel import setup
 
-    dp = setup()  # several processes under accelerate launch: rank 0 checks (and clears) the directory first
-    if dp.main:
-        state, checkpoint = _prepare_run_dir(cfg, fps)
-    dp.barrier()
-    if not dp.main:
-        state, checkpoint = _prepare_run_dir(replace(cfg, force=False), fps)
+    dp = setup()  # several processes under accelerate launch: rank 0 checks (and clears) the directory for all
+    state, checkpoint = dp.decide(lambda: _prepare_run_dir(cfg, fps), _collective_device(dp))
     if state == "complete":
         return _completed(cfg, t_wall)
     _import_stack()
@@ -370,6 +366,16 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
                     train_rows=train_rows,
                     eval_rows=eval_rows, checkpoint=checkpoint, device=device, bf16=bf16, progress=progress,
                     cancel=cancel, t_wall=t_wall, dp=dp)
+
+
+def _collective_device(dp):
+    """The CUDA device of this process when its process group is NCCL's (which needs one), else None."""
+    if dp.world == 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", dp.local_rank) if dist.get_backend() == "nccl" else None
 
 
 def _completed(cfg: TrainConfig, t_wall: float) -> TrainResult:
