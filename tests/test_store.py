@@ -358,20 +358,44 @@ def test_every_mode_finds_the_planted_passage(corpus_store, mode):
     assert len(store.search(_para(1)[:20] + " " + QUERY, k=2, mode=mode)) <= 2
 
 
-def test_hybrid_score_is_reciprocal_rank_fusion(corpus_store):
+def test_hybrid_score_is_the_convex_fusion_of_the_normalized_scores(corpus_store):
+    from dca.rag.lexical import LEXICAL_WEIGHT
+
     store, paths = corpus_store
     query = QUERY + " " + " ".join(paths[2].read_text().split()[:3] + paths[11].read_text().split()[:2])
     dense = store.search(query, k=100, mode="dense")
     lexical = store.search(query, k=100, mode="lexical")
     assert len(dense) == 20 and len(lexical) >= 3
-    expected: dict[int, float] = {}
-    for ranking in (dense, lexical):
-        for rank, h in enumerate(ranking, 1):
-            expected[h.chunk_id] = expected.get(h.chunk_id, 0.0) + 1 / (60 + rank)
+
+    def scaled(hits):
+        lo, hi = min(h.score for h in hits), max(h.score for h in hits)
+        return {h.chunk_id: (h.score - lo) / (hi - lo) for h in hits}
+
+    d, lx = scaled(dense), scaled(lexical)
+    expected = {c: LEXICAL_WEIGHT * lx.get(c, 0.0) + (1 - LEXICAL_WEIGHT) * d.get(c, 0.0) for c in set(d) | set(lx)}
     hybrid = store.search(query, k=5, mode="hybrid", candidates=100)
     assert len(hybrid) == 5
     assert [h.score for h in hybrid] == pytest.approx(sorted(expected.values(), reverse=True)[:5])
     assert all(h.score == pytest.approx(expected[h.chunk_id]) for h in hybrid)
+    # the weight's ends are the single rankings
+    assert [h.chunk_id for h in store.search(query, k=3, mode="hybrid", candidates=100, lexical_weight=1.0)] == \
+        [h.chunk_id for h in lexical[:3]]
+    assert [h.chunk_id for h in store.search(query, k=3, mode="hybrid", candidates=100, lexical_weight=0.0)] == \
+        [h.chunk_id for h in dense[:3]]
+    with pytest.raises(ConfigError, match="--lexical-weight"):
+        store.search(query, lexical_weight=1.5)
+
+
+def test_convex_fusion_keeps_the_margin_that_rank_fusion_loses():
+    from dca.rag.lexical import convex_fusion, reciprocal_rank_fusion
+
+    dense = [(1, 0.52), (2, 0.51), (3, 0.50), (4, 0.10)]  # unsure between its first three
+    lexical = [(3, 30.0), (1, 2.0), (2, 1.0)]  # sure of its first: a rare term matched
+    assert [i for i, _ in convex_fusion(dense, lexical, 0.5)][0] == 3
+    assert [i for i, _ in reciprocal_rank_fusion([dense, lexical], key=lambda x: x[0])][0][0] == 1  # ranks only
+    fused = dict(convex_fusion(dense, [(3, 30.0)], 0.5))  # absent from a ranking: 0 there
+    assert fused[3] == pytest.approx(0.5 + 0.5 * 0.40 / 0.42) and fused[1] == pytest.approx(0.5)
+    assert fused[2] == pytest.approx(0.5 * 0.41 / 0.42) and fused[4] == pytest.approx(0.0)
 
 
 def test_awkward_queries_and_bad_arguments(corpus_store):

@@ -90,14 +90,15 @@ def rag_search(
     query: str = typer.Argument(..., help="The search query."),
     store_dir: Optional[Path] = store_dir_option(),
     k: int = typer.Option(5, "-k", "--top-k", help="Number of chunks to show (>= 1; chat's -k 0 answers without retrieval)."),
-    mode: str = typer.Option("hybrid", "--mode", help="dense | lexical | hybrid (reciprocal rank fusion)."),
+    mode: str = typer.Option("hybrid", "--mode", help="dense | lexical | hybrid (normalized scores combined, the lexical weighted --lexical-weight)."),
+    lexical_weight: Optional[float] = typer.Option(None, "--lexical-weight", help="The lexical ranking's weight in hybrid mode, 0-1; tune it for your documents with benchmarks/retrieval.py \\[default: 0.6]."),
     embedder_path: Optional[Path] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
 ):
     """Print the chunks ranked for QUERY, with score and source."""
     from ..rag import Store
 
     store = Store.open(default_store_dir(store_dir), embedder(embedder_path))
-    hits = store.search(query, k=k, mode=mode)
+    hits = store.search(query, k=k, mode=mode, lexical_weight=lexical_weight)
     if not hits:
         out.print("no results")
     for rank, h in enumerate(hits, 1):

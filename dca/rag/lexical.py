@@ -9,6 +9,41 @@ import sqlite3
 import numpy as np
 
 RRF_K = 60  # Cormack, Clarke & Buettcher 2009, "Reciprocal Rank Fusion outperforms Condorcet..."
+# The lexical ranking's weight in hybrid search (the dense one's is 1 minus it). Chosen on two development sets
+# of other domains, SQuAD v1.1 dev (Wikipedia) and ObliQA (regulatory rulebooks), with benchmarks/retrieval.py:
+# recall@5 is flat between 0.5 and 0.7 on both (0.972-0.973 and 0.823-0.829 at 40 candidates), above each
+# single ranking (lexical 0.946 and 0.797); 0.6 is the middle of that plateau (benchmarks/README.md).
+LEXICAL_WEIGHT = 0.6
+
+
+def convex_fusion(dense: list[tuple[int, float]], lexical: list[tuple[int, float]],
+                  lexical_weight: float = LEXICAL_WEIGHT) -> list[tuple[int, float]]:
+    """Fuse two scored rankings by a convex combination of their min-max normalized scores (Bruch, Gai &
+    Ingber 2023, "An Analysis of Fusion Functions for Hybrid Retrieval", ACM TOIS): score = w * lexical +
+    (1 - w) * dense, each score scaled to [0, 1] over its own ranking's candidates (its best 1, its worst 0; all
+    1 when they are equal); an item absent from a ranking scores 0 there.
+
+    Unlike reciprocal rank fusion it keeps how far apart the scores are, so a ranking that is sure of its first
+    item (a rare term matched, a high cosine) outweighs one whose candidates score alike.
+
+    Args:
+        dense, lexical: ``(id, score)`` pairs, higher better (cosine; BM25 with its sign made positive).
+        lexical_weight: w, in [0, 1].
+
+    Returns:
+        (id, fused score in [0, 1]) pairs, best first; ties keep the order of first appearance (dense first).
+    """
+    def scaled(ranking):
+        if not ranking:
+            return {}
+        scores = [x for _, x in ranking]
+        lo, hi = min(scores), max(scores)
+        return {i: (x - lo) / (hi - lo) if hi > lo else 1.0 for i, x in ranking}
+
+    d, lx = scaled(dense), scaled(lexical)
+    ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in lexical]))
+    fused = [(i, lexical_weight * lx.get(i, 0.0) + (1 - lexical_weight) * d.get(i, 0.0)) for i in ids]
+    return sorted(fused, key=lambda x: -x[1])
 
 
 def reciprocal_rank_fusion(rankings, key=lambda x: x) -> list[tuple[object, float]]:
