@@ -155,3 +155,33 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_output_dir(out: Path, config: str, fmt: str, settings: dict, *, force: bool, held: str, foreign: str,
+                     more: str = "") -> None:
+    """Refuse ``-o out`` for a job that continues its own output: when ``out`` is a file, holds something else
+    (no ``config`` manifest of format ``fmt``), or output made with other ``settings``, unless ``force``.
+
+    Args:
+        held: what a matching directory holds, for the message ("a STaR run").
+        foreign: why another non-empty directory is refused ("holds no STaR run").
+        more: what else may change on a rerun, for the message.
+
+    Raises:
+        ConfigError: naming ``-o`` and, for other settings, the settings that differ.
+        ManifestError: ``config`` exists but is not a manifest of ``fmt``.
+    """
+    from .errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a file; choose a directory")
+    stored = read_manifest(out / config, fmt) if (out / config).exists() else None
+    if stored is not None and not force:
+        saved = stored.get("settings", {})
+        diffs = [k for k, v in settings.items() if saved.get(k) != v]
+        if diffs:
+            raise ConfigError(f"{out} holds {held} with other settings ({', '.join(diffs)}); rerun with the same "
+                              f"flags to continue it{more}, or add --force to start over")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"-o {out} exists and {foreign}; choose another, or --force")

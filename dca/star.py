@@ -55,7 +55,7 @@ from .distill.generate import load_questions
 from .distill.traces import Trace, atomic_trace_writer
 from .distill.verifier import Sampler, append_rows
 from .errors import ConfigError, LoaderError
-from .paths import atomic_write_json, read_manifest
+from .paths import atomic_write_json, check_output_dir
 from .progress import Progress, ProgressFn, emitter
 
 log = logging.getLogger(__name__)
@@ -211,17 +211,8 @@ def _prepare(cfg: StarConfig) -> None:
     import shutil
 
     out = cfg.out_dir
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out} is a file; choose a directory")
-    stored = read_manifest(out / CONFIG, FORMAT) if (out / CONFIG).exists() else None
-    if stored is not None and not cfg.force:
-        saved = stored.get("settings", {})
-        diffs = [k for k, v in cfg.settings().items() if saved.get(k) != v]
-        if diffs:
-            raise ConfigError(f"{out} holds a STaR run with other settings ({', '.join(diffs)}); rerun with the "
-                              "same flags to continue it (--iterations may grow), or add --force to start over")
-    elif out.exists() and any(out.iterdir()) and not cfg.force:
-        raise ConfigError(f"-o {out} exists and holds no STaR run; choose another, or --force")
+    check_output_dir(out, CONFIG, FORMAT, cfg.settings(), force=cfg.force, held="a STaR run",
+                     foreign="holds no STaR run", more=" (--iterations may grow)")
     if cfg.force and out.exists():
         for p in out.iterdir():
             if p.name == CONFIG or p.name in (TABLE, PLOT) or re.fullmatch(r"iter-\d+", p.name):

@@ -45,7 +45,7 @@ from pathlib import Path
 from ..assistant.config import GSM8K_SYSTEM_PROMPT
 from ..assistant.verifier import solution_text, step_prefixes
 from ..errors import ConfigError, LoaderError
-from ..paths import atomic_write_json, read_manifest
+from ..paths import atomic_write_json, check_output_dir
 from ..progress import Progress, ProgressFn, emitter
 from .generate import load_questions, sample_seed
 from .traces import TraceWriter, atomic_trace_writer, drop_partial_line
@@ -147,17 +147,8 @@ class VerifierDataReport:
 
 def _prepare(cfg: VerifierDataConfig) -> None:
     out = cfg.out_dir
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out} is a file; choose a directory")
-    stored = read_manifest(out / CONFIG, FORMAT) if (out / CONFIG).exists() else None
-    if stored is not None and not cfg.force:
-        saved = stored.get("settings", {})
-        diffs = [k for k, v in cfg.settings().items() if saved.get(k) != v]
-        if diffs:
-            raise ConfigError(f"{out} holds verifier data made with other settings ({', '.join(diffs)}); rerun "
-                              "with the same flags to continue it, or add --force to start over")
-    elif out.exists() and any(out.iterdir()) and not cfg.force:
-        raise ConfigError(f"-o {out} exists and is not a verifier data directory; choose another, or --force")
+    check_output_dir(out, CONFIG, FORMAT, cfg.settings(), force=cfg.force, held="verifier data made",
+                     foreign="is not a verifier data directory")
     if cfg.force:
         for name in (SAMPLES, ORM, PRM, CONFIG, REPORT):
             (out / name).unlink(missing_ok=True)
