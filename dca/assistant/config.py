@@ -114,7 +114,7 @@ class AssistantConfig:
     min_similarity: float = setting(0.2, "--min-similarity",
                                     help="Drop passages whose cosine similarity to the question is below this.")
     search_mode: str = setting("hybrid", "--mode",
-                               help="Retrieval: hybrid (reciprocal rank fusion) | dense | lexical.")
+                               help="Retrieval: hybrid (dense and lexical scores combined) | dense | lexical.")
     passage_order: str = setting("best_last", "--passage-order",
                                  help="best_last quotes the best passage nearest the question | best_first.")
     context_sentences: int = setting(

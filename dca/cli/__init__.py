@@ -14,7 +14,7 @@ import warnings
 
 import typer
 
-from . import chat, distill, eval, models, quant, rag
+from . import chat, distill, eval, models, quant, rag, serve
 
 app = typer.Typer(help="dca: small local language models composed with a RAG store and a thinking phase, offline.",
                   no_args_is_help=True, add_completion=False)
@@ -38,6 +38,7 @@ app.add_typer(rag.app, name="rag")
 app.add_typer(models.app, name="models")
 app.command()(chat.chat)
 app.command()(chat.demo)
+app.command()(serve.serve)
 app.add_typer(eval.app, name="eval")
 app.add_typer(distill.app, name="distill")
 app.add_typer(quant.app, name="quant")
