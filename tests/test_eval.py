@@ -475,7 +475,7 @@ def test_cli_eval_runs_prints_skipped_lines_and_refuses_a_used_dir(tmp_path, scr
 
     real = dca.assistant.Assistant
     monkeypatch.setattr(dca.assistant, "Assistant",
-                        lambda model=None, store=None, config=None: real(math_model(scripted_llm), store, config=config))
+                        lambda model=None, store=None, config=None, chat_template=None: real(math_model(scripted_llm), store, config=config))
     data = write_gsm8k(tmp_path / "g.jsonl", n=5)
     data.write_text(data.read_text() + "oops\n")
     args = ["eval", "--task", "gsm8k", "--data", str(data), "-o", str(tmp_path / "run")]
@@ -501,7 +501,7 @@ def test_cli_eval_interrupted_says_how_to_resume(tmp_path, scripted_llm, monkeyp
 
     real = dca.assistant.Assistant
     monkeypatch.setattr(dca.assistant, "Assistant",
-                        lambda model=None, store=None, config=None: real(scripted_llm(respond), store, config=config))
+                        lambda model=None, store=None, config=None, chat_template=None: real(scripted_llm(respond), store, config=config))
     out_dir = tmp_path / "run"
     result = runner.invoke(app, ["eval", "--task", "gsm8k", "--data", str(write_gsm8k(tmp_path / "g.jsonl")),
                                  "-o", str(out_dir)])

@@ -36,20 +36,25 @@ class Assistant:
         store: a :class:`~dca.rag.Store`, a store directory, or None (no retrieval).
         config: settings; keyword arguments override single fields (``Assistant(top_k=2)``).
         n_ctx: context window when the model is loaded here.
+        chat_template: ``gemma``, ``chatml`` or a Jinja file for a model loaded here whose GGUF has no chat
+            template (or to replace it); None: the GGUF's, or plain completion prompting (:mod:`dca.llm.templates`).
 
     Raises:
         ModelError: the model cannot be found or loaded.
         StoreError: the store directory is not a usable store.
-        ConfigError: a setting is out of range, or ``model`` lacks a method of the :class:`~dca.llm.LLM` protocol.
+        ConfigError: a setting is out of range, ``model`` lacks a method of the :class:`~dca.llm.LLM` protocol, or
+            ``chat_template`` is given with a model object (it applies to a model loaded here).
     """
 
     def __init__(self, model: LLM | str | Path | None = None, store=None, *, config: AssistantConfig | None = None,
-                 n_ctx: int = 4096, **overrides):
+                 n_ctx: int = 4096, chat_template: str | Path | None = None, **overrides):
         from ..bundled import BUNDLED_CHAT_MODEL
 
         self.config = replace(config or AssistantConfig(), **overrides)
         if model is None or isinstance(model, (str, Path)):
-            model = load_llm(model, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL))
+            model = load_llm(model, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL), chat_template=chat_template)
+        elif chat_template is not None:
+            raise ConfigError("chat_template applies to a model the Assistant loads; give it to load_llm instead")
         self.llm: LLM = check_llm(model)
         if isinstance(store, (str, Path)):
             from ..rag import open_store

@@ -30,8 +30,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print dca's version and exit.", metavar="")):
+                                       help="Print dca's version and exit.", metavar=""),
+          verbose: bool = typer.Option(False, "--verbose", "-v", metavar="",
+                                       help="Show dca's debug log on stderr, llama.cpp's log lines among it.")):
     """dca: small local language models composed with a RAG store and a thinking phase, offline."""
+    if verbose:
+        logging.getLogger("dca").setLevel(logging.DEBUG)
 
 
 app.add_typer(rag.app, name="rag")

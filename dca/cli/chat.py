@@ -9,8 +9,17 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from .common import Status, answering_store_dir, describe_store, err, handles_errors, out, print_error
-from .options import assistant_options, config_option, model_option
+from .common import (
+    Status,
+    answering_store_dir,
+    describe_prompting,
+    describe_store,
+    err,
+    handles_errors,
+    out,
+    print_error,
+)
+from .options import assistant_options, chat_template_option, config_option, model_option
 
 
 def print_answer_stream(bot, question: str, show_thinking: bool):
@@ -102,6 +111,7 @@ def chat(
     store_dir: Optional[Path] = typer.Option(None, "--store-dir", "-s", help="RAG store to answer from \\[default: $DCA_HOME/store when it holds one]."),
     no_store: bool = typer.Option(False, "--no-store", help="Answer from the model alone, even when the default store exists.", metavar=""),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the thinking (hidden by default).", metavar=""),
+    chat_template: Optional[str] = chat_template_option(),
     config_path: Optional[Path] = config_option("AssistantConfig"),
     settings: dict = None,
 ):
@@ -117,7 +127,11 @@ def chat(
         print_error("give --store-dir or --no-store, not both")
         raise typer.Exit(2)
     with Status("loading the model and the store"):
-        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config)
+        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
+                        chat_template=chat_template)
+    notice = describe_prompting(bot.llm)
+    if notice is not None:
+        err.print(notice)
     err.print(describe_store(bot.store))
     if question is not None:
         print_answer_stream(bot, question, show_thinking)

@@ -162,6 +162,17 @@ def describe_store(store) -> Text:
     return Text(f"store: {info.path} ({info.files} files, {info.chunks} chunks)", style="dim")
 
 
+def describe_prompting(llm) -> Text | None:
+    """A notice when the model is prompted without a chat template (its GGUF has none and no --chat-template was
+    given): plain completion prompting, and how to name a template. None otherwise."""
+    template = getattr(llm, "template", None)
+    if template is None or template.source != "completion":
+        return None
+    return Text(f"notice: {llm.name} has no chat template in its GGUF (a base model?): prompting it as text to "
+                "continue (Question: ... Answer:); name a template with --chat-template gemma|chatml|FILE",
+                style="yellow")
+
+
 def embedder(path: Path | None):
     """The sentence-transformers embedder at ``path`` (``--embedder``), or the bundled one."""
     from ..rag import SentenceTransformerEmbedder

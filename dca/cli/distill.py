@@ -425,7 +425,7 @@ def distill_train(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Eval loss every N steps \\[default: at each checkpoint and the end]."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help=with_default("Checkpoint every N steps.", TrainConfig, "save_every")),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System turn for chat examples without one \\[default: none]."),
-    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="Jinja chat template file replacing the tokenizer's."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for a base model without one, or replacing the tokenizer's: gemma | chatml | a Jinja FILE; saved with the student, so its exported GGUF chats in it.", metavar="NAME|FILE"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) has it, else fp32]."),
     device: Optional[str] = typer.Option(None, "--device", help=with_default("auto | cpu | cuda | cuda:N.", TrainConfig, "device")),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=with_default("Recompute each layer's activations in the backward pass instead of keeping them: far less memory, some more compute.", TrainConfig, "gradient_checkpointing"), metavar=""),

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from .common import err, handles_errors, interrupted, out, print_error, print_json, print_table, print_warning, table
-from .options import assistant_options, json_option, model_option
+from .options import assistant_options, chat_template_option, json_option, model_option
 from .progress import ProgressView
 
 app = typer.Typer(no_args_is_help=True)  # its help is eval_run's docstring
@@ -28,6 +28,7 @@ def eval_run(
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Run directory \\[default: ./eval-TASK-YYYYmmdd-HHMMSS]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in -o/--out-dir (same settings only).", metavar=""),
     force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over.", metavar=""),
+    chat_template: Optional[str] = chat_template_option(),
     settings: dict = None,
 ):
     """Evaluate the assistant on GSM8K, MATH-500 or SQuAD-shaped JSONL; compare two runs.
@@ -46,7 +47,7 @@ def eval_run(
     from ..eval import EvalConfig, run_eval
 
     cfg = EvalConfig(task=task, data=data, limit=limit, model=model, store_dir=store_dir, out_dir=out_dir,
-                     resume=resume, force=force, assistant=settings)
+                     resume=resume, force=force, assistant=settings, chat_template=chat_template)
     err.print(Text(f"run directory: {cfg.out_dir}", style="dim"))
     try:
         with ProgressView(err) as view:

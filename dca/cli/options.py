@@ -88,6 +88,15 @@ def assistant_options(fn):
     return wrapper
 
 
+CHAT_TEMPLATE_HELP = ("Chat template for a model whose GGUF has none (a base model), or to replace its own: gemma | "
+                      "chatml | a Jinja FILE [default: the GGUF's; without one, plain completion prompting].")
+
+
+def chat_template_option():
+    """``--chat-template NAME|FILE`` (:mod:`dca.llm.templates`)."""
+    return typer.Option(None, "--chat-template", help=escape(CHAT_TEMPLATE_HELP), metavar="NAME|FILE")
+
+
 def json_option():
     """``--json``: print the result as JSON on stdout instead of a table."""
     return typer.Option(False, "--json", help="Print the result as JSON instead of a table.", metavar="")

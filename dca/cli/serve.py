@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from .common import Status, answering_store_dir, describe_store, err, handles_errors, print_error
-from .options import assistant_options, config_option, model_option
+from .common import Status, answering_store_dir, describe_prompting, describe_store, err, handles_errors, print_error
+from .options import assistant_options, chat_template_option, config_option, model_option
 
 
 @handles_errors
@@ -24,6 +24,7 @@ def serve(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding the API key that clients send as 'Authorization: Bearer KEY'.", metavar="NAME"),
     queue_size: int = typer.Option(16, "--queue-size", help="Requests that may wait while one is answered; more get 503 with Retry-After.", min=1),
     max_request_bytes: int = typer.Option(1 << 20, "--max-request-bytes", help="Larger request bodies get 413.", min=1024),
+    chat_template: Optional[str] = chat_template_option(),
     model_id: Optional[str] = typer.Option(None, "--model-id", help="The model's id in /v1/models and requests \\[default: the model's name]."),
     config_path: Optional[Path] = config_option("AssistantConfig"),
     settings: dict = None,
@@ -53,7 +54,11 @@ def serve(
                     "environment variable holding it), or bind 127.0.0.1")
         raise typer.Exit(2)
     with Status("loading the model and the store"):
-        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config)
+        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
+                        chat_template=chat_template)
+    notice = describe_prompting(bot.llm)
+    if notice is not None:
+        err.print(notice)
     name = model_id or (Path(bot.llm.name).stem if bot.llm.name.endswith(".gguf") else bot.llm.name)
     app = create_app(bot, model_id=name, api_key=api_key, queue_size=queue_size, max_request_bytes=max_request_bytes)
     err.print(describe_store(bot.store))

@@ -80,8 +80,9 @@ class TrainConfig:
         save_every: write a checkpoint every N steps (``--save-every``); one is also written at the end.
         keep_checkpoints: newest checkpoints kept (``--keep-checkpoints``).
         system_prompt: system turn added to chat examples that have none (``--system-prompt``).
-        chat_template: a Jinja chat template file, for tokenizers without one or to replace it
-            (``--chat-template``); it is saved with the adapter's tokenizer.
+        chat_template: ``gemma``, ``chatml`` (:data:`dca.llm.templates.NAMED_TEMPLATES`) or a Jinja chat template
+            file, for tokenizers without one (a base model) or to replace it (``--chat-template``); it is saved
+            with the adapter's tokenizer, so ``dca quant export`` writes it into the student's GGUF.
         precision: ``auto`` (bf16 where the hardware computes in it natively: a CUDA GPU that has it, or a CPU
             with AVX512-BF16 or AMX; else fp32), ``fp32`` or ``bf16`` (``--precision``). On a 2-core AMD EPYC
             with AVX512-BF16, bf16 trained SmolLM2-135M's LoRA at 210 tokens/s against 120 in fp32.
@@ -126,7 +127,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     system_prompt: str | None = None
-    chat_template: Path | None = None
+    chat_template: Path | str | None = None
     precision: str = "auto"
     device: str = "auto"
     gradient_checkpointing: bool = True
@@ -150,7 +151,9 @@ class TrainConfig:
         if self.out_dir is None:
             raise ConfigError("-o/--out-dir is missing: name the run directory")
         self.out_dir = Path(self.out_dir).expanduser().resolve()
-        if self.chat_template is not None:
+        from ..llm.templates import NAMED_TEMPLATES
+
+        if self.chat_template is not None and str(self.chat_template) not in NAMED_TEMPLATES:
             self.chat_template = files(self.chat_template, "chat_template")[0]
         self.model = str(self.model)
         if isinstance(self.target_modules, str):

@@ -257,7 +257,9 @@ def load_model(cfg: TrainConfig, device, bf16: bool):
         raise ConfigError(f"-m/--model {path}: its tokenizer is not a fast (Rust) tokenizer; the loss mask needs "
                           "token offsets")
     if cfg.chat_template is not None:
-        tokenizer.chat_template = cfg.chat_template.read_text(encoding="utf-8")
+        from ..llm.templates import resolve_template
+
+        tokenizer.chat_template = resolve_template(cfg.chat_template, None).template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not cfg.qlora:
@@ -327,7 +329,8 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
     fps = {"data": [fingerprint(p) for p in cfg.data], "eval_data": [fingerprint(p) for p in cfg.eval_data],
            "model": fingerprint(path)}
     if cfg.chat_template is not None:
-        fps["chat_template"] = fingerprint(cfg.chat_template)
+        fps["chat_template"] = fingerprint(cfg.chat_template) if isinstance(cfg.chat_template, Path) \
+            else cfg.chat_template
     from .parallel import setup
 
     dp = setup()  # several processes under accelerate launch: rank 0 checks (and clears) the directory for all

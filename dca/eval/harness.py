@@ -76,6 +76,8 @@ class EvalConfig:
         data: the JSONL file of items (``--data``); shapes in :mod:`dca.eval.tasks`.
         limit: evaluate the first N valid items; None for all (``--limit``).
         model: model name or GGUF path; None for the bundled model (``-m/--model``).
+        chat_template: ``gemma``, ``chatml`` or a Jinja file for a GGUF without a chat template, or to replace it
+            (``--chat-template``); None: the GGUF's, or plain completion prompting.
         store_dir: a RAG store to answer from; for qa it also gives retrieval recall@k (``--store-dir``).
             None: no retrieval (closed-book qa).
         out_dir: the run directory (``-o/--out-dir``); None makes ``./eval-TASK-YYYYmmdd-HHMMSS``.
@@ -99,11 +101,13 @@ class EvalConfig:
     resume: bool = False
     force: bool = False
     assistant: dict = field(default_factory=dict)
+    chat_template: str | None = None
 
     def __init__(self, task: str, data: Path, limit: int | None = None, model: str | None = None,
                  store_dir: Path | None = None, out_dir: Path | None = None, resume: bool = False,
-                 force: bool = False, assistant: dict | None = None, **settings):
+                 force: bool = False, assistant: dict | None = None, chat_template: str | None = None, **settings):
         self.task, self.data, self.limit, self.model, self.store_dir = task, data, limit, model, store_dir
+        self.chat_template = chat_template
         self.out_dir, self.resume, self.force = out_dir, resume, force
         self.assistant = {**(assistant or {}), **{k: v for k, v in settings.items() if v is not None}}
         self.__post_init__()
@@ -336,6 +340,8 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
     settings = {"task": cfg.task, "data": str(cfg.data.resolve()), "data_sha256": sha256_file(cfg.data),
                 "limit": cfg.limit, "model": model_name, "store": store_name, "samples": cfg.samples,
                 "effort": cfg.effort, "assistant": asdict(acfg)}
+    if cfg.chat_template is not None:  # only when given, so runs from before the setting existed still resume
+        settings["chat_template"] = str(cfg.chat_template)
     settings = json.loads(json.dumps(settings))  # the form config.json holds, for comparison on resume
     records = _prepare_out_dir(cfg, settings)
 
@@ -344,7 +350,11 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
         from ..assistant import Assistant
 
         emit(Progress("eval", phase="loading the model"))
-        assistant = Assistant(model=cfg.model, store=cfg.store_dir, config=acfg)
+        assistant = Assistant(model=cfg.model, store=cfg.store_dir, config=acfg, chat_template=cfg.chat_template)
+        template = getattr(assistant.llm, "template", None)
+        if template is not None and template.source == "completion":
+            emit(Progress("eval", phase="the GGUF has no chat template: plain completion prompting "
+                                        "(--chat-template names one)"))
     else:
         assistant.config = acfg
     k = samples_per_item(acfg)

@@ -11,15 +11,10 @@ import numpy as np
 
 from ..errors import ModelError
 from .base import LLM, Completion
-from .native import adds_bos, import_llama_cpp
+from .native import adds_bos, import_llama_cpp, route_llama_cpp_log
+from .templates import completion_prompt, resolve_template
 
 log = logging.getLogger(__name__)
-
-# Used when a GGUF carries no tokenizer.chat_template: ChatML, the most common template for small models.
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 class LlamaCppLLM(LLM):
@@ -33,10 +28,19 @@ class LlamaCppLLM(LLM):
         n_gpu_layers: layers offloaded to a GPU build of llama.cpp; ``-1`` offloads all, 0 none.
         seed: sampling seed.
         name: display name; None takes the GGUF's ``general.name``, else the file name.
+        chat_template: ``gemma``, ``chatml`` or a Jinja file (:mod:`dca.llm.templates`), replacing the GGUF's
+            template; None keeps the GGUF's, and a GGUF without one is prompted as plain text to continue
+            (``template.source == "completion"``: a base model), never with a guessed template.
+
+    Attributes:
+        template: the :class:`~dca.llm.templates.ChatTemplate` in use (its ``source`` says where it came from).
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
         ModelError: the file is missing, not a GGUF, or not loadable (corrupt, truncated, unknown architecture).
+        ConfigError: ``chat_template`` is neither a known name nor a readable file.
+
+    llama.cpp's own log lines go to :mod:`logging` (logger ``dca.llm.native``, DEBUG), not to the terminal.
     """
 
     can_sample = True
@@ -44,8 +48,10 @@ class LlamaCppLLM(LLM):
     can_use_tools = True
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, seed: int = 0, name: str | None = None):
+                 n_gpu_layers: int = 0, seed: int = 0, name: str | None = None,
+                 chat_template: str | Path | None = None):
         llama_cpp = import_llama_cpp()
+        route_llama_cpp_log()
         self.path = Path(model_path).expanduser().resolve()
         try:
             self.llama = llama_cpp.Llama(
@@ -63,7 +69,8 @@ class LlamaCppLLM(LLM):
         meta = self.llama.metadata
         self.name = name or meta.get("general.name") or self.path.stem
         self.context_length = self.llama.n_ctx()
-        self._template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        self.template = resolve_template(chat_template, meta.get("tokenizer.chat_template"))
+        self._stops = self.template.stops
         self._bos = self._token_text(self.llama.token_bos())
         self._eos = self._token_text(self.llama.token_eos())
         self.think_tags = ("<think>", "</think>") if self._is_single_token("<think>") else None
@@ -78,11 +85,13 @@ class LlamaCppLLM(LLM):
         return len(self.llama.tokenize(text.encode(), add_bos=False, special=True)) == 1
 
     def render(self, messages: Sequence[dict]) -> str:
+        if self.template.source == "completion":
+            return completion_prompt(messages)
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             self._formatter = Jinja2ChatFormatter(
-                template=self._template, eos_token=self._eos, bos_token=self._bos, add_generation_prompt=True,
+                template=self.template.template, eos_token=self._eos, bos_token=self._bos, add_generation_prompt=True,
             )
         prompt = self._formatter(messages=list(messages)).prompt
         # llama.cpp adds BOS itself while tokenizing; a template that writes it too would double it.
@@ -99,7 +108,7 @@ class LlamaCppLLM(LLM):
         if max_tokens <= 0:
             return
         stream = self.llama.create_completion(
-            prompt, max_tokens=max_tokens, temperature=temperature, stop=list(stop) or None,
+            prompt, max_tokens=max_tokens, temperature=temperature, stop=[*stop, *self._stops] or None,
             repeat_penalty=repeat_penalty, stream=True,
         )
         try:
@@ -120,7 +129,8 @@ class LlamaCppLLM(LLM):
         from .sampling import sample_parallel
 
         return sample_parallel(self.llama, prompt, n=n, max_tokens=max_tokens, temperature=temperature,
-                               repeat_penalty=repeat_penalty, stop=stop, seed=seed, cancel=cancel, tools=tools)
+                               repeat_penalty=repeat_penalty, stop=(*stop, *self._stops), seed=seed, cancel=cancel,
+                               tools=tools)
 
     def score(self, prompt: str, continuations: Sequence[str], *,
               cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:

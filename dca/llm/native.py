@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,7 +169,7 @@ class SequenceContext:
 
 
 _LOG_CALLBACK = None  # kept referenced while llama.cpp holds the C function pointer
-_LOG_ERRORS: list[str] = []  # llama.cpp's error lines during the last quantize_model call
+_LOG_ERRORS: deque[str] = deque(maxlen=64)  # llama.cpp's last error lines (read after quantize_model)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 
 
@@ -190,6 +191,17 @@ def _log_callback():
     return _LOG_CALLBACK
 
 
+def route_llama_cpp_log() -> None:
+    """Send llama.cpp's log to :mod:`logging` (this module's logger, DEBUG) instead of stderr, for good.
+
+    llama-cpp-python's own callback prints every line at or above its logger's level, and maps ggml's levels from an
+    older enum (WARN is taken for ERROR), so with ``verbose=False`` warnings such as "using full-size SWA cache" still
+    reach the terminal. ``dca --verbose`` shows the lines through logging.
+    """
+    llama_cpp = import_llama_cpp()
+    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
+
+
 def quantize_model(src: Path, dst: Path, ftype: int, *, threads: int | None = None,
                    token_embedding_type: int | None = None, output_tensor_type: int | None = None) -> list[str]:
     """Run llama.cpp's quantizer (``llama_model_quantize``) from ``src`` to ``dst``.
@@ -209,8 +221,6 @@ def quantize_model(src: Path, dst: Path, ftype: int, *, threads: int | None = No
         OSError: a C++ exception surfaced through ctypes (some builds).
     """
     llama_cpp = import_llama_cpp()
-    from llama_cpp import _logger
-
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -220,11 +230,8 @@ def quantize_model(src: Path, dst: Path, ftype: int, *, threads: int | None = No
     if output_tensor_type is not None:
         params.output_tensor_type = output_tensor_type
     _LOG_ERRORS.clear()
-    llama_cpp.llama_log_set(_log_callback(), ctypes.c_void_p(0))
-    try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    route_llama_cpp_log()
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc == 0:
         return []
     return list(_LOG_ERRORS) or ["no message; check free disk space"]
