@@ -386,6 +386,80 @@ def test_other_architectures(tok, tmp_path, kind, arch, extra_tensor):
     assert_logits_match(hf_logits(model, ids), gguf_logits(out, ids), TOL_F32)
 
 
+def tiny_gemma3(tok, sliding_window: int, **overrides):
+    """A random 6-layer Gemma 3 (five sliding-window layers, then a global one) with random norm weights."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+               intermediate_size=128, vocab_size=len(tok) + 3, max_position_embeddings=256, query_pre_attn_scalar=16,
+               initializer_range=0.3, sliding_window=sliding_window, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**{**cfg, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.3)  # Gemma stores norms as (scale - 1): random ones make the +1 shift matter
+    return model
+
+
+def test_gemma3_exports_in_llama_cpps_layout_and_its_logits_match(tmp_path):
+    import gguf
+
+    tok = sentencepiece_style_tokenizer()
+    ids = text_ids(tok)  # 75 tokens: well past the sliding window of 8
+    model = tiny_gemma3(tok, sliding_window=8)
+    src = save(model, tok, tmp_path / "gemma3")
+    out = export(ExportConfig(source=src, qtype="F32", out=tmp_path / "gemma3.gguf")).path
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    assert reader.fields["gemma3.attention.sliding_window"].contents() == 8
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    tensors = {t.name: t for t in reader.tensors}
+    assert "output.weight" not in tensors and "blk.5.post_ffw_norm.weight" in tensors  # tied; Gemma's extra norms
+    hf_norm = model.model.layers[0].self_attn.q_norm.weight.detach().numpy()
+    assert np.allclose(np.asarray(tensors["blk.0.attn_q_norm.weight"].data), hf_norm + 1.0)
+    ref = hf_logits(model, ids)
+    assert_logits_match(ref, gguf_logits(out, ids), 5e-4)  # GELU (tanh) and 6 layers: F32 agreement to 2e-4
+    # the window is applied as transformers applies it: without it, the logits are far apart
+    wide = hf_logits(tiny_gemma3(tok, sliding_window=512), ids)
+    assert np.abs(wide - ref).max() > 20 * 5e-4 * np.abs(ref).max()
+
+
+def test_gemma3_settings_llama_cpp_cannot_read_are_refused(tmp_path):
+    tok = sentencepiece_style_tokenizer()
+    src = save(tiny_gemma3(tok, sliding_window=8, query_pre_attn_scalar=64), tok, tmp_path / "g")
+    with pytest.raises(QuantError, match="query_pre_attn_scalar 64 != head_dim 16"):
+        export(ExportConfig(source=src, qtype="F32", out=tmp_path / "g.gguf"))
+
+
+def test_a_sentencepiece_vocabulary_read_from_a_gguf_is_written_back_unchanged(tmp_path):
+    """transformers reads a GGUF's SentencePiece vocabulary as a BPE tokenizer; the export writes the source GGUF's
+    own tokens, scores and token types back, and only for that vocabulary."""
+    import gguf
+
+    from dca.quant.gguf_writer import write_gguf
+    from dca.quant.source import gguf_tokenizer_metadata
+
+    tok = sentencepiece_style_tokenizer()
+    model = tiny_model(tok)
+    first = tmp_path / "first.gguf"
+    write_gguf(model, tok, first, out_type="F32")
+    source = gguf_tokenizer_metadata(first)
+    assert source["tokenizer.ggml.model"] == "llama" and len(source["tokenizer.ggml.tokens"]) == len(tok) + 3
+    scores = [float(-i) / 7 for i in range(len(source["tokenizer.ggml.scores"]))]  # not what BPE ranks give
+    types = [int(gguf.TokenType.USER_DEFINED)] + list(source["tokenizer.ggml.token_type"][1:])
+    carried = tmp_path / "carried.gguf"
+    write_gguf(model, tok, carried, out_type="F32", source_vocab={**source, "tokenizer.ggml.scores": scores,
+                                                                  "tokenizer.ggml.token_type": types})
+    meta = gguf_tokenizer_metadata(carried)
+    assert np.allclose(meta["tokenizer.ggml.scores"], scores) and meta["tokenizer.ggml.token_type"] == types
+    other = [f"x{i}" for i in range(len(source["tokenizer.ggml.tokens"]))]  # another vocabulary: not carried
+    kept = tmp_path / "kept.gguf"
+    write_gguf(model, tok, kept, out_type="F32", source_vocab={**source, "tokenizer.ggml.tokens": other,
+                                                               "tokenizer.ggml.scores": scores})
+    assert gguf_tokenizer_metadata(kept)["tokenizer.ggml.scores"] == source["tokenizer.ggml.scores"]
+
+
 def test_bf16_is_written_directly(llama_dir, tok, tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM

@@ -215,7 +215,7 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
             t0 = time.perf_counter()
             try:
                 info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
-                                  tokenizer_pre=pre)
+                                  tokenizer_pre=pre, source_vocab=loaded.gguf_metadata)
             except OSError as e:
                 raise QuantError(f"writing {out} failed ({e.strerror or e}); "
                                  "nothing was written under that name") from e

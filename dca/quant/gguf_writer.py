@@ -27,7 +27,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",  # Qwen2, Qwen2.5
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",  # Gemma 3 text models (270M, 1B)
 }
+# Gemma's RMSNorm scales by (1 + weight); llama.cpp's by weight: the converter adds 1 to every norm weight.
+_NORM_SHIFT = {"gemma3": 1.0}
 # HF's Llama rotates the two halves of each head, llama.cpp's llama arch adjacent pairs: permute q/k rows.
 _PERMUTE_QK = {"llama"}
 # The GGUF ``tokenizer.ggml.pre`` of a byte-level BPE tokenizer, recognised by its split regex.
@@ -98,6 +101,8 @@ def permute_qk(weights, n_head: int):
 
 def _rope_parameters(config) -> dict:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if "full_attention" in params:  # per layer type (Gemma 3): the global layers' rope; llama.cpp fixes the local one
+        params = params["full_attention"]
     params = dict(params)
     if "rope_theta" not in params:
         params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
@@ -145,7 +150,13 @@ def _add_hparams(w, config, arch: str) -> dict:
     w.add_head_count_kv(int(n_kv))
     w.add_key_length(int(head_dim))
     w.add_value_length(int(head_dim))
-    w.add_rope_dimension_count(int(head_dim))
+    if arch == "gemma3":
+        _check_gemma3(config, head_dim)
+        w.add_sliding_window(int(config.sliding_window))
+        if getattr(config, "final_logit_softcapping", None):
+            w.add_final_logit_softcapping(float(config.final_logit_softcapping))
+    else:  # llama.cpp's converter writes no rope dimension for Gemma 3 (it rotates whole heads)
+        w.add_rope_dimension_count(int(head_dim))
     w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     w.add_vocab_size(int(config.vocab_size))
     rope = _rope_parameters(config)
@@ -165,6 +176,28 @@ def _add_hparams(w, config, arch: str) -> dict:
                          "supported: default, linear, yarn, llama3")
     rope["head_dim"] = head_dim
     return rope
+
+
+def _check_gemma3(config, head_dim: int) -> None:
+    """Refuse what llama.cpp's gemma3 graph does not read from a GGUF and would compute otherwise: it scales queries
+    by 1/sqrt(head_dim), uses rope base 10000 on the sliding-window layers, and places them 5 of every 6."""
+    scalar = getattr(config, "query_pre_attn_scalar", head_dim)
+    local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention", {}).get(
+        "rope_theta", getattr(config, "rope_local_base_freq", 10000.0))
+    types = list(getattr(config, "layer_types", None) or [])
+    expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(len(types))]
+    problems = []
+    if scalar != head_dim:
+        problems.append(f"query_pre_attn_scalar {scalar} != head_dim {head_dim}")
+    if float(local) != 10000.0:
+        problems.append(f"sliding-window rope base {local} != 10000")
+    if types and types != expected:
+        problems.append("layer_types other than five sliding-window layers then one global")
+    if getattr(config, "attn_logit_softcapping", None):
+        problems.append("attention logit soft-capping (Gemma 2's, not Gemma 3's)")
+    if problems:
+        raise QuantError("this Gemma 3 configuration differs from what llama.cpp's gemma3 graph assumes: "
+                         + "; ".join(problems))
 
 
 def require_gguf():
@@ -301,8 +334,27 @@ def _add_vocab(w, v: dict) -> None:
         w.add_chat_template(template)
 
 
+def _carry_source_vocab(vocab: dict, source: dict | None) -> None:
+    """Write a SentencePiece source GGUF's own tokens, scores and token types back (in place in ``vocab``) when the
+    tokenizer is that vocabulary read through transformers: same size, and at least 99% of the token texts equal
+    once SentencePiece's "▁" is read as a space. transformers turns a GGUF's SentencePiece vocabulary into a BPE
+    fast tokenizer: its merge ranks, and the types of user-defined and whitespace tokens, are not the originals."""
+    if not source or vocab["model"] != "llama" or "tokenizer.ggml.tokens" not in source:
+        return
+    tokens, ours = source["tokenizer.ggml.tokens"], vocab["tokens"]
+    if len(tokens) != len(ours) or not {"tokenizer.ggml.scores", "tokenizer.ggml.token_type"} <= set(source):
+        return
+    same = sum(a.replace("\u2581", " ") == b.replace("\u2581", " ") for a, b in zip(tokens, ours))
+    if same < 0.99 * len(ours):
+        return
+    vocab.update(tokens=list(tokens), scores=[float(x) for x in source["tokenizer.ggml.scores"]],
+                 types=[int(x) for x in source["tokenizer.ggml.token_type"]])
+    if "tokenizer.ggml.add_space_prefix" in source:
+        vocab["add_space_prefix"] = bool(source["tokenizer.ggml.add_space_prefix"])
+
+
 def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str | None = None,
-               tokenizer_pre: str | None = None) -> WriteInfo:
+               tokenizer_pre: str | None = None, source_vocab: dict | None = None) -> WriteInfo:
     """Write ``model`` and ``tokenizer`` to the GGUF file ``path``.
 
     Args:
@@ -314,6 +366,9 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
         name: ``general.name``; None leaves it out.
         tokenizer_pre: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``); None detects it from the
             tokenizer's split regex.
+        source_vocab: the ``tokenizer.ggml.*`` values of the GGUF the model was read from
+            (:func:`dca.quant.source.gguf_tokenizer_metadata`): a SentencePiece vocabulary's own tokens, scores and
+            types are written back when the tokenizer is that vocabulary.
 
     Returns:
         What was written.
@@ -333,6 +388,7 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
     n_head = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     vocab = _vocab(tokenizer, n_vocab, tokenizer_pre, config)
+    _carry_source_vocab(vocab, source_vocab)
     ftype = {"F32": 0, "F16": 1, "BF16": 32}[out_type]
 
     w = gguf.GGUFWriter(path=None, arch=arch)
@@ -357,6 +413,8 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
         if new_name is None:
             raise QuantError(f"tensor {hf_name} has no GGUF name in llama.cpp's {arch} architecture")
         data = tensor.detach().to(torch.float32).cpu().numpy()
+        if arch in _NORM_SHIFT and hf_name.endswith("norm.weight"):
+            data = data + _NORM_SHIFT[arch]
         if arch in _PERMUTE_QK and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_qk(data, n_head)
         elif arch in _PERMUTE_QK and hf_name.endswith(("k_proj.weight", "k_proj.bias")):

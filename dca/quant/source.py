@@ -199,13 +199,24 @@ def _load_tokenizer(*candidates: tuple[Path, str | None]):
                                                   f"none of {', '.join(str(p) for p, _ in candidates)} has one"))
 
 
+# what transformers' GGUF loader drops or changes: the pre-tokenizer name, and a SentencePiece vocabulary's own
+# scores and token types (its fast tokenizer is a BPE whose merge ranks and types differ from the GGUF's)
+_CARRIED_KEYS = ("tokenizer.ggml.pre", "tokenizer.ggml.model")
+_SPM_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+             "tokenizer.ggml.add_space_prefix")
+
+
 def gguf_tokenizer_metadata(path: Path) -> dict:
-    """The ``tokenizer.ggml.pre``/``model`` values of a GGUF, which transformers' GGUF loader drops."""
+    """The tokenizer values of a GGUF that transformers' GGUF loader drops: ``tokenizer.ggml.pre``/``model``, and
+    for a SentencePiece (``llama``) vocabulary its tokens, scores, token types and space prefix, so that an export of
+    the same vocabulary writes them back unchanged (:func:`dca.quant.gguf_writer.write_gguf`'s ``source_vocab``)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
     out = {}
-    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.model"):
+    spm = reader.fields.get("tokenizer.ggml.model") is not None and \
+        reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    for key in _CARRIED_KEYS + (_SPM_KEYS if spm else ()):
         f = reader.fields.get(key)
         if f is not None:
             out[key] = f.contents()
