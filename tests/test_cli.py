@@ -79,7 +79,7 @@ def test_rag_commands_end_to_end_with_the_bundled_embedder(tmp_path):
     result = runner.invoke(app, ["rag", "info", "--store-dir", store], env=env)
     assert result.exit_code == 0 and "all-MiniLM-L6-v2 (384-d)" in result.output and "flat" in result.output
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert manifest["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384}
+    assert manifest["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384, "backend": "llama.cpp"}
     result = runner.invoke(app, ["rag", "remove", str(docs / "bread.txt"), "--store-dir", store], env=env)
     assert result.exit_code == 0 and "removed 1 file" in result.output
     result = runner.invoke(app, ["rag", "remove", str(docs / "bread.txt"), "--store-dir", store], env=env)

@@ -81,7 +81,7 @@ def test_store_dir_holds_exactly_the_documented_files(tmp_path, embedder):
     assert {p.name for p in store.path.iterdir()} == set(STORE_FILES)
     m = manifest(store)
     assert (m["format"], m["version"]) == ("dca-rag-store", 1)
-    assert m["embedder"] == {"name": "hash-embedder", "dim": 64}
+    assert m["embedder"] == {"name": "hash-embedder", "dim": 64, "backend": "sentence-transformers"}
     assert m["chunking"] == {"chunk_tokens": 64, "overlap_tokens": 8, "hnsw_threshold": 50_000, "window_chunks": 512}
     assert m["index"] == {"type": "flat", "generation": db_generation(store), "vectors": 5}
     info = store.info()

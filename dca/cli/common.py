@@ -174,7 +174,8 @@ def describe_prompting(llm) -> Text | None:
 
 
 def embedder(path: Path | None):
-    """The sentence-transformers embedder at ``path`` (``--embedder``), or the bundled one."""
-    from ..rag import SentenceTransformerEmbedder
+    """The sentence-transformers embedder at ``path`` (``--embedder``), or the bundled one
+    (:func:`dca.rag.default_embedder`: through llama.cpp where it can, ``DCA_EMBEDDER_BACKEND`` to choose)."""
+    from ..rag import SentenceTransformerEmbedder, default_embedder
 
-    return SentenceTransformerEmbedder(path)
+    return SentenceTransformerEmbedder(path) if path is not None else default_embedder()

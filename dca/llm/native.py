@@ -181,14 +181,34 @@ def _log_callback():
     if _LOG_CALLBACK is None:
         @llama_cpp.llama_log_callback
         def callback(level: int, text: bytes, user_data) -> None:
-            line = text.decode("utf-8", errors="replace").rstrip()
-            if level == GGML_LOG_LEVEL_ERROR:
-                _LOG_ERRORS.append(line)
-            if line:
-                log.debug("llama.cpp: %s", line)
+            try:
+                line = text.decode("utf-8", errors="replace").rstrip()
+                if level == GGML_LOG_LEVEL_ERROR:
+                    _LOG_ERRORS.append(line)
+                if line:
+                    log.debug("llama.cpp: %s", line)
+            except Exception:  # noqa: BLE001 - an exception must not cross back into C
+                pass
 
         _LOG_CALLBACK = callback
+        import atexit
+
+        atexit.register(_unroute_at_exit)
     return _LOG_CALLBACK
+
+
+def _unroute_at_exit() -> None:
+    """Hand llama.cpp's log back to llama-cpp-python's own callback, silenced, before the interpreter tears its
+    modules down: models freed during the teardown still log, and dca's callback (a module global) may be gone by
+    then, which would leave llama.cpp calling freed memory."""
+    try:
+        import llama_cpp
+        from llama_cpp import _logger
+
+        _logger.logger.setLevel(logging.CRITICAL + 1)
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    except Exception:  # noqa: BLE001 - at exit, nothing to report to
+        pass
 
 
 def route_llama_cpp_log() -> None:
@@ -235,3 +255,42 @@ def quantize_model(src: Path, dst: Path, ftype: int, *, threads: int | None = No
     if rc == 0:
         return []
     return list(_LOG_ERRORS) or ["no message; check free disk space"]
+
+
+def embed_sequences(llama, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+    """Pooled embeddings of an embedding-mode ``Llama`` (``embedding=True``, a pooling model), one row per token list,
+    several sequences decoded per batch (up to ``n_batch`` tokens and ``n_seq_max`` sequences), as llama-cpp-python's
+    ``Llama.embed`` does for strings but on token ids the caller has already truncated.
+
+    Returns:
+        float32 array of shape ``(len(token_lists), n_embd)``, not normalized.
+
+    Raises:
+        ValueError: a token list is longer than ``n_batch`` (a non-causal model needs a sequence in one batch).
+    """
+    import llama_cpp
+
+    n_embd = llama.n_embd()
+    n_batch = llama.n_batch
+    n_seq_max = llama.context_params.n_seq_max
+    out = np.empty((len(token_lists), n_embd), dtype=np.float32)
+    batch = llama._batch
+    i = 0
+    while i < len(token_lists):
+        batch.reset()
+        members: list[int] = []
+        used = 0
+        while i < len(token_lists) and len(members) < n_seq_max and used + len(token_lists[i]) <= n_batch:
+            batch.add_sequence(list(token_lists[i]), len(members), True)
+            used += len(token_lists[i])
+            members.append(i)
+            i += 1
+        if not members:
+            raise ValueError(f"a text of {len(token_lists[i])} tokens exceeds the batch of {n_batch} tokens")
+        llama._ctx.kv_cache_clear()
+        llama._ctx.decode(batch)
+        for seq, index in enumerate(members):
+            ptr = llama_cpp.llama_get_embeddings_seq(llama._ctx.ctx, seq)
+            out[index] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
+    batch.reset()
+    return out

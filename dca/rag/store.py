@@ -3,7 +3,7 @@
 Store directory format, version 1 (``STORE_VERSION``):
 
 ``manifest.json``
-    ``{"format": "dca-rag-store", "version": 1, "embedder": {"name", "dim"}, "chunking": {...},
+    ``{"format": "dca-rag-store", "version": 1, "embedder": {"name", "dim", "backend", "agrees"}, "chunking": {...},
     "index": {"type": "flat"|"hnsw", "generation": int, "vectors": int}, "created", "updated"}``;
     written atomically after every change.
 ``store.sqlite``
@@ -37,11 +37,19 @@ from ..paths import atomic_write_text, read_manifest, remove_stale_temporaries, 
 from ..progress import Progress, ProgressFn, emitter
 from . import index as vindex
 from .chunking import chunk_document
-from .embed import Embedder
+from .embed import BACKEND_ENV, Embedder
 from .lexical import LEXICAL_WEIGHT, convex_fusion, fts_query
 from .loaders import iter_files, load_file
 
 log = logging.getLogger(__name__)
+# the same model through llama.cpp and sentence-transformers: F16 GGUF weights give cosine > 0.9999 (benchmarks/)
+AGREEMENT_MIN_COSINE = 0.999
+
+
+def backend_of(embedder) -> str:
+    """The backend an embedder runs on (its ``backend`` attribute; ``sentence-transformers`` for an embedder that
+    does not say, as every store before backends were recorded)."""
+    return getattr(embedder, "backend", "sentence-transformers")
 
 STORE_FORMAT = "dca-rag-store"
 STORE_VERSION = 1
@@ -189,6 +197,7 @@ class Store:
         self.embedder = embedder
         self._lock = threading.RLock()
         self._index = None
+        self._backend_checked = False
         manifest_path = self.path / MANIFEST
         for name in STORE_FILES:  # temporaries left by a process killed mid-write
             remove_stale_temporaries(self.path / name)
@@ -204,7 +213,7 @@ class Store:
             self.manifest = {
                 "format": STORE_FORMAT,
                 "version": STORE_VERSION,
-                "embedder": {"name": embedder.name, "dim": None},
+                "embedder": {"name": embedder.name, "dim": None, "backend": backend_of(embedder)},
                 "chunking": asdict(self.config),
                 "index": {"type": "flat", "generation": 0, "vectors": 0},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -264,6 +273,47 @@ class Store:
                 f"{self.path} was built with embedder {want!r}, but this run uses {self.embedder.name!r}; "
                 f"use --embedder for {want!r} or ingest into a new --store-dir"
             )
+
+    def check_embedder(self, samples: int = 8, min_cosine: float = AGREEMENT_MIN_COSINE) -> float | None:
+        """When this run embeds through another backend than the one that built the store (llama.cpp and
+        sentence-transformers, the same model), check that it gives the stored vectors: up to ``samples`` stored
+        chunks, spread over the store, are embedded again and compared.
+
+        Returns:
+            the lowest cosine found, or None when the backends are the same or the store is empty.
+
+        Raises:
+            StoreError: a cosine below ``min_cosine`` (the message names both backends and how to choose one).
+        """
+        built = self.manifest["embedder"].get("backend", "sentence-transformers")
+        now = backend_of(self.embedder)
+        agrees = self.manifest["embedder"].get("agrees", {})
+        if built == now or now in agrees:  # the same backend, or checked once and recorded
+            return agrees.get(now)
+        rows = self._db.execute("SELECT text, vector FROM chunks WHERE id IN (SELECT id FROM chunks ORDER BY "
+                                "(id * 7919) % 104729 LIMIT ?)", (samples,)).fetchall()
+        if not rows:
+            return None
+        stored = np.stack([np.frombuffer(v, dtype=np.float32) for _, v in rows])
+        fresh = self.embedder.embed([t for t, _ in rows])
+        worst = float(np.min(np.sum(stored * fresh, axis=1)))
+        if worst < min_cosine:
+            raise StoreError(
+                f"{self.path} was built by the {built} backend; this run embeds through {now}, whose vectors of the "
+                f"same chunks differ (cosine {worst:.4f} < {min_cosine}); search it with {built} "
+                f"({BACKEND_ENV}={built}) or re-ingest into a new --store-dir")
+        log.debug("%s: %s vectors agree with the stored %s ones (min cosine %.6f)", self.path, now, built, worst)
+        self.manifest["embedder"]["agrees"] = {**agrees, now: round(worst, 6)}
+        try:
+            self._write_manifest()
+        except OSError:  # a read-only store: checked again next time
+            pass
+        return worst
+
+    def _agreed(self) -> None:
+        if not self._backend_checked:
+            self.check_embedder()
+            self._backend_checked = True
 
     def _write_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -338,6 +388,7 @@ class Store:
             the :class:`IngestReport`.
         """
         t0 = time.perf_counter()
+        self._agreed()
         emit = emitter(progress)
         report = IngestReport()
         pending: list[tuple[Path, str, int, list, list]] = []  # (path, sha, size, documents, chunks)
@@ -523,6 +574,7 @@ class Store:
         if lexical_weight is not None and not 0.0 <= lexical_weight <= 1.0:
             raise ConfigError(f"--lexical-weight must be in [0, 1], got {lexical_weight}")
         n = candidates or max(4 * k, 40)
+        self._agreed()
         qvec = self.embedder.embed([query], is_query=True)[0]
         rankings: list[list[tuple[int, float]]] = []
         if mode in ("dense", "hybrid"):

@@ -241,9 +241,9 @@ def create_app(assistant: Assistant, *, model_id: str | None = None, api_key: st
 
     def embedding_model():
         if state["embedder"] is None:
-            from ..rag import SentenceTransformerEmbedder
+            from ..rag import default_embedder
 
-            state["embedder"] = SentenceTransformerEmbedder()
+            state["embedder"] = default_embedder()
         return state["embedder"]
 
     def check_model(name: str, *allowed: str) -> None:
