@@ -21,7 +21,7 @@ Metrics, per data set and ranking: recall@1/5/10 and MRR@10 over documents (a hi
 containing an answer (case-insensitive); and the search time per query of the two rankings.
 
     .venv/bin/python benchmarks/retrieval.py [--set squad --set obliqa] [--corpus C --qa Q --name N]
-        [--limit N] [--every N] [--candidates 40] [--work DIR] [--json-out F]
+        [--limit N] [--every N] [--candidates 40] [--work DIR] [--backend llama.cpp] [--json-out F]
 
 ``squad`` is SQuAD v1.1 dev (2,067 Wikipedia paragraphs, its first 1,000 questions); ``obliqa`` is ObliQA (1,507
 sections of a financial regulator's rulebooks, every 9th of its 2,788 dev questions: 310). To choose weights for
@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=40,
                    help="chunks taken from each ranking (default: 40, what the store takes for k = 5)")
     p.add_argument("--work", type=Path, default=Path(".retrieval-work"), help="stores are kept here and reused")
+    p.add_argument("--backend", choices=("sentence-transformers", "llama.cpp"), default="sentence-transformers",
+                   help="the embedder's backend (each has its own stores under --work)")
     p.add_argument("--json-out", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -121,12 +123,12 @@ def score(ranked: list[int], chunks: dict, gold_ids: set[str], answers: list[str
 
 
 def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, args) -> dict:
-    from dca.rag import SentenceTransformerEmbedder, Store
+    from dca.rag import Store, default_embedder
 
     questions = [q for i, q in enumerate(read_jsonl(qa)) if i % every == 0]
     questions = questions[:limit] if limit else questions
-    store_path = args.work / name
-    embedder = SentenceTransformerEmbedder()
+    store_path = args.work / (name if args.backend == "sentence-transformers" else f"{name}-{args.backend}")
+    embedder = default_embedder(args.backend)
     with Store.create(store_path, embedder) if not (store_path / "manifest.json").exists() else \
             Store.open(store_path, embedder) as store:
         if store.info().chunks == 0:
