@@ -9,16 +9,7 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from .common import (
-    Status,
-    answering_store_dir,
-    describe_prompting,
-    describe_store,
-    err,
-    handles_errors,
-    out,
-    print_error,
-)
+from .common import Status, check_store_flags, handles_errors, load_assistant, out
 from .options import assistant_options, chat_template_option, config_option, model_option
 
 
@@ -119,20 +110,12 @@ def chat(
 
     In a session: /sources shows the passages of the last answer, /reset forgets the conversation, /exit quits.
     """
-    from ..assistant import Assistant, AssistantConfig
+    from ..assistant import AssistantConfig
     from ..config import load_config
 
     config = load_config(AssistantConfig, config_path, **settings)
-    if no_store and store_dir is not None:
-        print_error("give --store-dir or --no-store, not both")
-        raise typer.Exit(2)
-    with Status("loading the model and the store"):
-        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
-                        chat_template=chat_template)
-    notice = describe_prompting(bot.llm)
-    if notice is not None:
-        err.print(notice)
-    err.print(describe_store(bot.store))
+    check_store_flags(store_dir, no_store)
+    bot = load_assistant(model, store_dir, no_store, config, chat_template)
     if question is not None:
         print_answer_stream(bot, question, show_thinking)
         return

@@ -154,6 +154,28 @@ def answering_store_dir(store_dir: Path | None, no_store: bool = False) -> Path 
     return default if (default / "manifest.json").is_file() else None
 
 
+def check_store_flags(store_dir: Path | None, no_store: bool) -> None:
+    """Exit 2 when both ``--store-dir`` and ``--no-store`` are given."""
+    if no_store and store_dir is not None:
+        print_error("give --store-dir or --no-store, not both")
+        raise typer.Exit(2)
+
+
+def load_assistant(model, store_dir: Path | None, no_store: bool, config, chat_template):
+    """The :class:`~dca.assistant.Assistant` of ``chat`` and ``serve``: loaded under a status line, then the notice of a
+    model prompted without a chat template and the store it answers from, on stderr."""
+    from ..assistant import Assistant
+
+    with Status("loading the model and the store"):
+        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
+                        chat_template=chat_template)
+    notice = describe_prompting(bot.llm)
+    if notice is not None:
+        err.print(notice)
+    err.print(describe_store(bot.store))
+    return bot
+
+
 def describe_store(store) -> Text:
     """One dim line saying what an answer draws on: the store and its counts, or the model alone."""
     if store is None:

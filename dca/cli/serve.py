@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from .common import Status, answering_store_dir, describe_prompting, describe_store, err, handles_errors, print_error
+from .common import check_store_flags, err, handles_errors, load_assistant, print_error
 from .options import assistant_options, chat_template_option, config_option, model_option
 
 
@@ -34,15 +34,13 @@ def serve(
     One model answers requests in turn; each request may override the assistant's settings (its "dca" object, and
     max_tokens, temperature, seed, stop, reasoning_effort). Binds 127.0.0.1 unless told otherwise.
     """
-    from ..assistant import Assistant, AssistantConfig
+    from ..assistant import AssistantConfig
     from ..config import load_config
     from ..server import create_app, is_loopback
     from ..server import serve as run
 
     config = load_config(AssistantConfig, config_path, **settings)
-    if no_store and store_dir is not None:
-        print_error("give --store-dir or --no-store, not both")
-        raise typer.Exit(2)
+    check_store_flags(store_dir, no_store)
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "").strip()
@@ -53,15 +51,9 @@ def serve(
         print_error(f"--host {host} listens beyond this machine: give an API key with --api-key-env NAME (an "
                     "environment variable holding it), or bind 127.0.0.1")
         raise typer.Exit(2)
-    with Status("loading the model and the store"):
-        bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
-                        chat_template=chat_template)
-    notice = describe_prompting(bot.llm)
-    if notice is not None:
-        err.print(notice)
+    bot = load_assistant(model, store_dir, no_store, config, chat_template)
     name = model_id or (Path(bot.llm.name).stem if bot.llm.name.endswith(".gguf") else bot.llm.name)
     app = create_app(bot, model_id=name, api_key=api_key, queue_size=queue_size, max_request_bytes=max_request_bytes)
-    err.print(describe_store(bot.store))
     shown = f"[{host}]" if ":" in host else host
 
     def started():

@@ -217,7 +217,6 @@ def gguf_as_hf_dir(path: Path) -> Path:
         ModelError: transformers cannot load the GGUF (unknown architecture, corrupt file).
     """
     import hashlib
-    import json
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

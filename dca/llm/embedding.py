@@ -49,6 +49,41 @@ def _pooling_type(model_dir: Path) -> int:
     return 1  # a plain BERT without sentence-transformers modules: mean pooling, as sentence-transformers defaults
 
 
+def _add_wordpiece_vocab(w, model_dir: Path, tk: dict) -> None:
+    """The WordPiece vocabulary of ``tokenizer.json`` (``tk``) as llama.cpp's ``bert`` tokenizer reads it, with the
+    special token ids (``tokenizer_config.json`` where it names them)."""
+    import gguf
+
+    vocab = tk["model"]["vocab"]
+    tokens = [""] * len(vocab)
+    for text, tid in vocab.items():
+        tokens[tid] = text
+    special = {a["id"] for a in tk.get("added_tokens") or [] if a.get("special")}
+    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    # llama.cpp's bert (WPM) tokenizer marks word starts with a phantom space, continuations bare
+    phantom = [t if i in special else (t[2:] if t.startswith("##") else "\u2581" + t) for i, t in enumerate(tokens)]
+
+    def tid(text: str | None) -> int | None:
+        return vocab.get(text) if text else None
+
+    cfg_tok = _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() \
+        else {}
+    cls, sep = tid(cfg_tok.get("cls_token", "[CLS]")), tid(cfg_tok.get("sep_token", "[SEP]"))
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("jina-v2-en")  # llama.cpp's name for BERT's split (whitespace, then punctuation)
+    w.add_token_list(phantom)
+    w.add_token_types([int(t) for t in types])
+    for adder, token in ((w.add_bos_token_id, cls), (w.add_eos_token_id, sep), (w.add_sep_token_id, sep),
+                         (w.add_unk_token_id, tid(tk["model"].get("unk_token"))),
+                         (w.add_pad_token_id, tid(cfg_tok.get("pad_token", "[PAD]"))),
+                         (w.add_mask_token_id, tid(cfg_tok.get("mask_token", "[MASK]")))):
+        if token is not None:
+            adder(token)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+    w.add_bool("tokenizer.ggml.normalizer.lowercase", bool((tk.get("normalizer") or {}).get("lowercase", True)))
+
+
 def write_embedding_gguf(model_dir: str | Path, out: str | Path, *, out_type: str = "F16",
                          name: str | None = None) -> Path:
     """Write the sentence-transformers BERT model in ``model_dir`` (``config.json``, ``model.safetensors``,
@@ -87,21 +122,6 @@ def write_embedding_gguf(model_dir: str | Path, out: str | Path, *, out_type: st
     st_config = model_dir / "sentence_bert_config.json"
     max_seq = int(_read_json(st_config).get("max_seq_length", 512)) if st_config.is_file() else 512
 
-    vocab = tk["model"]["vocab"]
-    tokens = [""] * len(vocab)
-    for text, tid in vocab.items():
-        tokens[tid] = text
-    special = {a["id"] for a in tk.get("added_tokens") or [] if a.get("special")}
-    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
-    # llama.cpp's bert (WPM) tokenizer marks word starts with a phantom space, continuations bare
-    phantom = [t if i in special else (t[2:] if t.startswith("##") else "\u2581" + t) for i, t in enumerate(tokens)]
-
-    def tid(text: str | None) -> int | None:
-        return vocab.get(text) if text else None
-
-    cfg_tok = _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() \
-        else {}
-    cls, sep = tid(cfg_tok.get("cls_token", "[CLS]")), tid(cfg_tok.get("sep_token", "[SEP]"))
     n_layers = int(config["num_hidden_layers"])
     w = gguf.GGUFWriter(path=None, arch="bert")
     w.add_name(name or model_dir.name)
@@ -115,19 +135,7 @@ def write_embedding_gguf(model_dir: str | Path, out: str | Path, *, out_type: st
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType(_pooling_type(model_dir)))
     w.add_token_type_count(int(config.get("type_vocab_size", 1)))
-    w.add_tokenizer_model("bert")
-    w.add_tokenizer_pre("jina-v2-en")  # llama.cpp's name for BERT's split (whitespace, then punctuation)
-    w.add_token_list(phantom)
-    w.add_token_types([int(t) for t in types])
-    for adder, token in ((w.add_bos_token_id, cls), (w.add_eos_token_id, sep), (w.add_sep_token_id, sep),
-                         (w.add_unk_token_id, tid(tk["model"].get("unk_token"))),
-                         (w.add_pad_token_id, tid(cfg_tok.get("pad_token", "[PAD]"))),
-                         (w.add_mask_token_id, tid(cfg_tok.get("mask_token", "[MASK]")))):
-        if token is not None:
-            adder(token)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(True)
-    w.add_bool("tokenizer.ggml.normalizer.lowercase", bool((tk.get("normalizer") or {}).get("lowercase", True)))
+    _add_wordpiece_vocab(w, model_dir, tk)
     w.add_string(NAME_KEY, name or model_dir.name)
     w.add_uint32(MAX_SEQ_KEY, max_seq)
 

@@ -302,78 +302,23 @@ def create_app(assistant: Assistant, *, model_id: str | None = None, api_key: st
         n = sum(len(t.split()) for t in texts)
         return {"object": "list", "data": data, "model": emb.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
 
-    def request_config(req: ChatRequest) -> AssistantConfig:
-        settings = {}
-        for name, value in (req.dca or {}).items():
-            if name not in per_request:
-                raise APIError(422, f"dca.{name} is not a setting a request may give (those are: "
-                                    f"{', '.join(sorted(per_request))})", param=f"dca.{name}")
-            try:
-                settings[name] = per_request[name].validate_python(value)
-            except ValidationError as e:
-                raise APIError(422, f"dca.{name}: {e.errors()[0]['msg']}", param=f"dca.{name}") from None
-        if req.max_tokens or req.max_completion_tokens:
-            settings["max_tokens"] = req.max_completion_tokens or req.max_tokens
-        if req.temperature is not None:
-            settings["temperature"] = req.temperature
-        if req.seed is not None:
-            settings["seed"] = req.seed
-        if req.reasoning_effort in ("none", "minimal"):
-            settings["think"] = False
-        elif req.reasoning_effort is not None:
-            settings["effort"] = req.reasoning_effort
-        system = [m.text() for m in req.messages if m.role in ("system", "developer")]
-        if system:  # added to the server's system prompt (its citation and untrusted-passage rules stay)
-            settings["system_prompt"] = "\n\n".join([settings.get("system_prompt", base_config.system_prompt),
-                                                      *system])
-        try:
-            return replace(base_config, **settings)
-        except DcaError as e:
-            raise APIError(400, str(e), param="dca") from None
-        except TypeError as e:
-            raise APIError(422, f"dca: {e}", param="dca") from None
-
-    def conversation(req: ChatRequest) -> tuple[list[dict], str]:
-        turns = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
-        if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
-            raise APIError(400, "messages must end with a non-empty user message", param="messages")
-        return turns[:-1], turns[-1]["content"]
-
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         check_model(req.model, model_id)
-        config = request_config(req)
+        config = request_config(req, base_config, per_request)
         history, question = conversation(req)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:
             raise APIError(400, "stop takes at most 4 sequences", param="stop")
 
-        def work(emit, cancelled):
-            stopper = StopFilter(stops)
-            # a copy per request: its own settings, conversation and cancel flag; the model, store and verifier shared
-            bot = copy.copy(assistant)
-            bot.config, bot.history, bot._cancel = config, list(history), threading.Event()
-            answer = None
-            for chunk in bot.stream(question, cancel=lambda: cancelled() or stopper.hit):
-                if chunk.kind == "thinking":
-                    emit(("thinking", chunk.text))
-                elif chunk.kind == "answer":
-                    piece = stopper.feed(chunk.text)
-                    if piece:
-                        emit(("answer", piece))
-                elif chunk.kind == "done":
-                    answer = chunk.answer
-            tail = stopper.flush()
-            if tail:
-                emit(("answer", tail))
-            return answer, stopper.hit
-
+        work = answer_work(assistant, config, history, question, stops)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         job = submit(work)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             # the background task cancels a job whose stream never started (the client left first)
-            return StreamingResponse(_stream(job, completion_id, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_stream(job, model_id, completion_id, include_usage),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(job.cancel))
         content, thinking = [], []
@@ -387,37 +332,116 @@ def create_app(assistant: Assistant, *, model_id: str | None = None, api_key: st
                 "choices": [{"index": 0, "message": message, "finish_reason": _finish(answer, stopped)}],
                 "usage": _usage(answer), "sources": _sources(answer), "dca": _extra(answer)}
 
-    def chunk(completion_id: str, delta: dict, finish: str | None = None, **extra) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def _stream(job: Job, completion_id: str, include_usage: bool):
-        try:
-            yield chunk(completion_id, {"role": "assistant", "content": ""})
-            while True:
-                kind, value = await job.events.get()
-                if kind == "thinking":
-                    yield chunk(completion_id, {"reasoning_content": value})
-                elif kind == "answer":
-                    yield chunk(completion_id, {"content": value})
-                elif kind == "error":
-                    yield f"data: {json.dumps({'error': _error_body(value)})}\n\n"
-                    break
-                elif kind == "done":
-                    answer, stopped = value
-                    yield chunk(completion_id, {}, _finish(answer, stopped), sources=_sources(answer),
-                                dca=_extra(answer))
-                    if include_usage:
-                        body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                                "model": model_id, "choices": [], "usage": _usage(answer)}
-                        yield f"data: {json.dumps(body)}\n\n"
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancel()  # the client went away mid-stream: stop generating (a no-op once the job is done)
-
     return app
+
+
+def request_config(req: ChatRequest, base_config: AssistantConfig, per_request: dict) -> AssistantConfig:
+    """``base_config`` with the request's settings: its ``dca`` object (validated by ``per_request``, field name ->
+    pydantic TypeAdapter), max_tokens, temperature, seed, reasoning_effort, and its system messages added to the
+    system prompt.
+
+    Raises:
+        APIError: 422 for an unknown or mistyped setting, 400 for one out of range.
+    """
+    settings = {}
+    for name, value in (req.dca or {}).items():
+        if name not in per_request:
+            raise APIError(422, f"dca.{name} is not a setting a request may give (those are: "
+                                f"{', '.join(sorted(per_request))})", param=f"dca.{name}")
+        try:
+            settings[name] = per_request[name].validate_python(value)
+        except ValidationError as e:
+            raise APIError(422, f"dca.{name}: {e.errors()[0]['msg']}", param=f"dca.{name}") from None
+    if req.max_tokens or req.max_completion_tokens:
+        settings["max_tokens"] = req.max_completion_tokens or req.max_tokens
+    if req.temperature is not None:
+        settings["temperature"] = req.temperature
+    if req.seed is not None:
+        settings["seed"] = req.seed
+    if req.reasoning_effort in ("none", "minimal"):
+        settings["think"] = False
+    elif req.reasoning_effort is not None:
+        settings["effort"] = req.reasoning_effort
+    system = [m.text() for m in req.messages if m.role in ("system", "developer")]
+    if system:  # added to the server's system prompt (its citation and untrusted-passage rules stay)
+        settings["system_prompt"] = "\n\n".join([settings.get("system_prompt", base_config.system_prompt),
+                                                  *system])
+    try:
+        return replace(base_config, **settings)
+    except DcaError as e:
+        raise APIError(400, str(e), param="dca") from None
+    except TypeError as e:
+        raise APIError(422, f"dca: {e}", param="dca") from None
+
+def conversation(req: ChatRequest) -> tuple[list[dict], str]:
+    """(the earlier user/assistant turns, the last user message).
+
+    Raises:
+        APIError: 400 when the messages do not end with a non-empty user message.
+    """
+    turns = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise APIError(400, "messages must end with a non-empty user message", param="messages")
+    return turns[:-1], turns[-1]["content"]
+
+
+def answer_work(assistant, config: AssistantConfig, history: list[dict], question: str, stops: list[str]):
+    """The engine job of one chat request: ``work(emit, cancelled)`` streams the answer's thinking and answer pieces
+    (cut at the first stop sequence) to ``emit`` and returns ``(Answer, stopped)``."""
+
+    def work(emit, cancelled):
+        stopper = StopFilter(stops)
+        # a copy per request: its own settings, conversation and cancel flag; the model, store and verifier shared
+        bot = copy.copy(assistant)
+        bot.config, bot.history, bot._cancel = config, list(history), threading.Event()
+        answer = None
+        for chunk in bot.stream(question, cancel=lambda: cancelled() or stopper.hit):
+            if chunk.kind == "thinking":
+                emit(("thinking", chunk.text))
+            elif chunk.kind == "answer":
+                piece = stopper.feed(chunk.text)
+                if piece:
+                    emit(("answer", piece))
+            elif chunk.kind == "done":
+                answer = chunk.answer
+        tail = stopper.flush()
+        if tail:
+            emit(("answer", tail))
+        return answer, stopper.hit
+
+    return work
+
+
+def _chunk(model_id: str, completion_id: str, delta: dict, finish: str | None = None, **extra) -> str:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return f"data: {json.dumps(body)}\n\n"
+
+async def _stream(job: Job, model_id: str, completion_id: str, include_usage: bool):
+    """The server-sent events of a streamed chat completion (OpenAI's chunk objects, then ``[DONE]``)."""
+    try:
+        yield _chunk(model_id, completion_id, {"role": "assistant", "content": ""})
+        while True:
+            kind, value = await job.events.get()
+            if kind == "thinking":
+                yield _chunk(model_id, completion_id, {"reasoning_content": value})
+            elif kind == "answer":
+                yield _chunk(model_id, completion_id, {"content": value})
+            elif kind == "error":
+                yield f"data: {json.dumps({'error': _error_body(value)})}\n\n"
+                break
+            elif kind == "done":
+                answer, stopped = value
+                yield _chunk(model_id, completion_id, {}, _finish(answer, stopped), sources=_sources(answer),
+                             dca=_extra(answer))
+                if include_usage:
+                    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                            "model": model_id, "choices": [], "usage": _usage(answer)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # the client went away mid-stream: stop generating (a no-op once the job is done)
 
 
 class _BodyTooLarge(StarletteHTTPException):
