@@ -400,6 +400,9 @@ def test_samples_through_the_assistant_give_maj_and_pass_at_k(tmp_path, scripted
     assert report.metrics["pass@1"].interval == "normal" and report.metrics["pass@3"].interval == "wilson"
     preds = lines(tmp_path / "run" / "predictions.jsonl")
     assert [[s["correct"] for s in p["samples"]] for p in preds][1] == [True, False, False]
+    # the candidates are kept for a verifier to judge later (dca eval rescore)
+    assert [(s["text"], s["tokens"], s["mean_logprob"], s["finish"]) for s in preds[1]["samples"]] == \
+        [("So \\boxed{2}", 2, 0.0, "stop"), ("So \\boxed{3}", 2, -0.1, "stop"), ("So \\boxed{3}", 2, -0.2, "stop")]
     assert [p["voted"] for p in preds] == ["1", "3", "4", "6"]
     assert all(p["tokens"]["generated"] == 6 for p in preds)  # 3 samples of 2 words
     # an effort preset sets k itself
@@ -519,6 +522,18 @@ def test_cli_eval_compare_prints_the_difference(tmp_path, scripted_llm):
     assert "50.0%" in row and "100.0%" in row and "+50.0%" in row and "yes" in row and "paired bootstrap" in row
     result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "not a dca eval report" in result.output
+    # one metric of A against another of B, as JSON
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--pair",
+                                 "accuracy:accuracy", "--json"])
+    rows = {r["name"]: r for r in json.loads(result.output)["rows"]}
+    assert (rows["accuracy vs accuracy"]["a"], rows["accuracy vs accuracy"]["b"]) == (0.5, 1.0)
+    for bad, says in [("accuracy", "expected A_METRIC:B_METRIC"), ("accuracy:maj@8", "run B has no metric 'maj@8'")]:
+        result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--pair", bad])
+        assert result.exit_code in (1, 2) and says in " ".join(result.output.split()), result.output
+    # a greedy run has no candidates for a verifier to rescore
+    result = runner.invoke(app, ["eval", "rescore", str(tmp_path / "a"), "--verifier", "v.gguf", "-o",
+                                 str(tmp_path / "r")])
+    assert result.exit_code == 1 and "item 0 keeps no candidates" in " ".join(result.output.split())
 
 
 # -- the bundled model ---------------------------------------------------------------------------------------

@@ -212,3 +212,69 @@ def test_default_score_many_counts_prompt_tokens_and_stops_on_cancel(scripted_ll
     assert decoded == 2 * 2 + 4 + 2  # score()'s 2 a prompt, plus the prompts' own tokens
     stopped, _ = model.score_many(["x", "y"], ["Yes"], cancel=lambda: True)
     assert np.isneginf(stopped).all()
+
+
+def test_rescoring_a_sampled_run_chooses_as_the_live_search_did(tmp_path, scripted_llm):
+    import json
+
+    from dca.eval import EvalConfig, compare_reports, read_predictions, rescore_run, run_eval
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Item {i}: what is 6 x 7?", "answer": f"#### {g}"}) + "\n"
+                            for i, g in enumerate([42, 41, 7])))
+    p = {"42": 0.9, "41": 0.5}  # best-of-N takes the lone 42, the weighted vote the three 41s (1.5 > 0.9)
+    live = run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / "live", samples=4,
+                               strategy="weighted_vote"), _assistant(scripted_llm, MAJORITY_WRONG, p))
+    sampled = run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / "sampled", samples=4),
+                       Assistant(model=scripted_llm("x", sampled=MAJORITY_WRONG), think=False))
+    assert "best_of_n@4" not in sampled.metrics
+    scorer = _scorer(scripted_llm, p)
+    again = rescore_run(tmp_path / "sampled", Verifier(scorer), tmp_path / "rescored")
+    assert len(scorer.prompts) == 12  # each candidate judged once, nothing sampled
+    values = {n: m.value for n, m in again.metrics.items()}
+    assert values == {n: m.value for n, m in live.metrics.items()}
+    assert values["accuracy"] == values["weighted_vote@4"] == values["maj@4"] == pytest.approx(1 / 3)
+    assert values["best_of_n@4"] == pytest.approx(1 / 3) and values["pass@4"] == pytest.approx(2 / 3)
+    for a, b in zip(read_predictions(tmp_path / "live" / "predictions.jsonl"),
+                    read_predictions(tmp_path / "rescored" / "predictions.jsonl")):
+        assert (a["scores"], a["chosen"], a["sample_scores"], a["output"]) == \
+            (b["scores"], b["chosen"], b["sample_scores"], b["output"])
+    assert [r["scores"]["best_of_n@4"] for r in read_predictions(tmp_path / "live" / "predictions.jsonl")] == [1, 0, 0]
+    settings = json.loads((tmp_path / "rescored" / "config.json").read_text())["settings"]
+    assert settings["assistant"]["strategy"] == "weighted_vote" and settings["rescored"]["run"].endswith("sampled")
+
+    # best-of-N as the answer; an existing output directory is continued only when asked
+    best = rescore_run(tmp_path / "sampled", Verifier(scorer), tmp_path / "best", strategy="best_of_n")
+    assert best.metrics["accuracy"].value == best.metrics["best_of_n@4"].value
+    with pytest.raises(ConfigError, match="--resume"):
+        rescore_run(tmp_path / "sampled", Verifier(scorer), tmp_path / "best", strategy="best_of_n")
+    calls = len(scorer.prompts)
+    assert rescore_run(tmp_path / "sampled", Verifier(scorer), tmp_path / "best", strategy="best_of_n",
+                       resume=True).comparable() == best.comparable()
+    assert len(scorer.prompts) == calls
+
+    # A's metric against another of B's, paired by item: maj@4 of the sampled run against best-of-N
+    row = {r.name: r for r in compare_reports(tmp_path / "sampled", tmp_path / "best",
+                                               pairs=[("maj@4", "best_of_n@4")]).rows}["maj@4 vs best_of_n@4"]
+    assert (row.a, row.b, row.method) == (pytest.approx(1 / 3), pytest.approx(1 / 3), "paired bootstrap")
+    with pytest.raises(ConfigError, match="run B has no metric 'pass@8'"):
+        compare_reports(tmp_path / "sampled", tmp_path / "best", pairs=[("accuracy", "pass@8")])
+
+
+def test_rescoring_needs_a_run_that_kept_its_candidates(tmp_path, scripted_llm):
+    import json
+
+    from dca.errors import LoaderError
+    from dca.eval import EvalConfig, rescore_run, run_eval
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "What is 6 x 7?", "answer": "#### 42"}) + "\n")
+    run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / "greedy"),
+             Assistant(model=scripted_llm("so \\boxed{42}"), think=False))
+    verifier = Verifier(_scorer(scripted_llm, {}))
+    with pytest.raises(ConfigError, match=r"greedy/predictions\.jsonl: item 0 keeps no candidates"):
+        rescore_run(tmp_path / "greedy", verifier, tmp_path / "out")
+    with pytest.raises(LoaderError, match="not a dca eval run"):
+        rescore_run(tmp_path / "nothing", verifier, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--strategy 'majority'"):
+        rescore_run(tmp_path / "greedy", verifier, tmp_path / "out", strategy="majority")

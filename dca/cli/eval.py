@@ -67,10 +67,40 @@ def eval_run(
     out.print(f"wrote {cfg.out_dir}: report.json report.md predictions.jsonl config.json")
 
 
+@app.command("rescore")
+@handles_errors
+def eval_rescore(run: Path = typer.Argument(..., help="Directory of a dca eval run made with --samples k > 1."),
+                 verifier: str = typer.Option(..., "--verifier", help="GGUF of an outcome verifier (dca distill verifier) to judge the run's candidates."),
+                 out_dir: Path = typer.Option(..., "-o", "--out-dir", help="New run directory for the rescored run."),
+                 strategy: str = typer.Option("weighted_vote", "--strategy", help="weighted_vote | best_of_n: the choice reported as accuracy (both are reported as NAME@k)."),
+                 resume: bool = typer.Option(False, "--resume", help="Continue an interrupted rescoring in -o/--out-dir.", metavar=""),
+                 force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over.", metavar="")):
+    """Judge the k candidates of a sampled run with a verifier, without sampling again.
+
+    Writes a run directory like dca eval's: accuracy is the strategy's choice, beside best_of_n@k,
+    weighted_vote@k and the sampled run's maj@k and pass@k. Compare it with a greedy run:
+    dca eval compare GREEDY RESCORED --pair accuracy:weighted_vote@8
+    """
+    from ..eval import rescore_run
+
+    err.print(Text(f"run directory: {out_dir}", style="dim"))
+    try:
+        with ProgressView(err) as view:
+            report = rescore_run(run, verifier, out_dir, strategy=strategy, resume=resume, force=force, progress=view)
+    except KeyboardInterrupt:
+        raise interrupted(f"rescored items are kept in {out_dir}; continue with the same flags and --resume") from None
+    t = table("metric", "value", "95% interval", "n")
+    for m in report.metrics.values():
+        t.add_row(m.name, f"{m.value:.1%}", f"[{m.low:.1%}, {m.high:.1%}]", str(m.n))
+    print_table(t)
+    out.print(f"wrote {out_dir}: report.json report.md predictions.jsonl config.json")
+
+
 @app.command("compare")
 @handles_errors
 def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or its directory)."),
                  b: Path = typer.Argument(..., help="report.json of run B (or its directory)."),
+                 pair: Optional[list[str]] = typer.Option(None, "--pair", metavar="A_METRIC:B_METRIC", help="Also compare A's metric with another of B's, e.g. accuracy:weighted_vote@8 (greedy against a verifier's choice); repeatable."),
                  as_json: bool = json_option()):
     """Print each metric of runs A and B, the difference B - A with a 95% interval, and whether it is significant.
 
@@ -79,18 +109,26 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
     """
     from ..eval import compare_reports
 
-    c = compare_reports(a, b)
+    pairs = []
+    for p in pair or []:
+        name_a, sep, name_b = p.partition(":")
+        if not sep or not name_a.strip() or not name_b.strip():
+            print_error(f"--pair {p!r}: expected A_METRIC:B_METRIC, e.g. accuracy:maj@8")
+            raise typer.Exit(2)
+        pairs.append((name_a.strip(), name_b.strip()))
+    c = compare_reports(a, b, pairs=pairs)
     if as_json:
         print_json({"a": str(a), "b": str(b), "paired_items": c.paired_items, "rows": c.rows, "notes": list(c.notes)})
         return
-    metrics = set(c.a.metrics) | set(c.b.metrics)
+    from ..eval.compare import COMPUTE_FIELDS
+
     t = table("metric", "A", "B", "B - A", "95% interval", "significant", "method")
 
     def fmt(v, pct: bool, sign: str = "") -> str:
         return "-" if v is None else (f"{v:{sign}.1%}" if pct else f"{v:{sign}.1f}")
 
     for r in c.rows:
-        pct = r.name in metrics
+        pct = r.name not in COMPUTE_FIELDS
         interval = "" if r.low is None else f"[{fmt(r.low, pct, '+')}, {fmt(r.high, pct, '+')}]"
         significant = "" if r.significant is None else ("yes" if r.significant else "no")
         t.add_row(r.name, fmt(r.a, pct), fmt(r.b, pct), fmt(r.diff, pct, "+"), interval, significant, r.method or "")

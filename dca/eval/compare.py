@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from .harness import PREDICTIONS, read_predictions
 from .report import MEAN_METRICS, MISSING, EvalReport, load_report, setting_pairs
 from .stats import (
@@ -62,6 +64,28 @@ class Comparison:
     notes: tuple[str, ...] = ()
 
 
+def _metric_row(label: str, name_a: str, name_b: str, ra: EvalReport, rb: EvalReport, pa, pb, common: list[int],
+                resamples: int, seed: int) -> MetricDiff:
+    """B's metric ``name_b`` against A's ``name_a``: paired over ``common`` items when both records have them."""
+    ma, mb = ra.metrics.get(name_a), rb.metrics.get(name_b)
+    if ma is None or mb is None:
+        return MetricDiff(label, ma.value if ma else None, mb.value if mb else None)
+    pairs = [(pa[i]["scores"][name_a], pb[i]["scores"][name_b]) for i in common
+             if name_a in pa[i]["scores"] and name_b in pb[i]["scores"]]
+    if pairs:
+        diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], resamples=resamples, seed=seed)
+        method = "paired bootstrap"
+    elif name_a in MEAN_METRICS or name_b in MEAN_METRICS:
+        diff = mb.value - ma.value
+        se = math.hypot((ma.high - ma.low) / (2 * Z95), (mb.high - mb.low) / (2 * Z95))
+        low, high, method = diff - Z95 * se, diff + Z95 * se, "normal"
+    else:
+        diff = mb.value - ma.value
+        low, high = newcombe_interval(ma.value * ma.n, ma.n, mb.value * mb.n, mb.n)
+        method = "newcombe"
+    return MetricDiff(label, ma.value, mb.value, diff, low, high, method, low > 0 or high < 0)
+
+
 def _as_report(x: EvalReport | str | Path) -> EvalReport:
     return x if isinstance(x, EvalReport) else load_report(x)
 
@@ -72,7 +96,8 @@ def _predictions(report: EvalReport) -> dict[int, dict] | None:
     return {r["index"]: r for r in read_predictions(Path(report.out_dir) / PREDICTIONS)}
 
 
-def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, resamples: int = BOOTSTRAP_RESAMPLES,
+def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *,
+                    pairs: Sequence[tuple[str, str]] = (), resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> Comparison:
     """Compare run B with run A, metric by metric.
 
@@ -83,12 +108,17 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, r
 
     Args:
         a, b: reports, or paths to ``report.json`` files or to the run directories holding them.
+        pairs: more rows, each comparing A's metric with another metric of B, as ``(A's name, B's name)``: e.g.
+            ``("accuracy", "weighted_vote@8")`` for greedy decoding against a verifier's choice among 8 samples
+            (``dca eval compare --pair``); the row is named ``"accuracy vs weighted_vote@8"``.
 
     Returns:
-        the rows of each metric and compute field, with B - A and, for metrics, its 95% interval.
+        the rows of each metric, of each pair, and of each compute field, with B - A and, for metrics, its 95%
+        interval.
 
     Raises:
         LoaderError: a report or predictions file cannot be read.
+        ConfigError: a metric named in ``pairs`` is not in its run.
     """
     ra, rb = _as_report(a), _as_report(b)
     notes: list[str] = []
@@ -111,27 +141,14 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *, r
         elif len(common) < max(len(pa), len(pb)):
             notes.append(f"paired over the {len(common)} items both runs scored")
 
-    rows = []
-    for name in list(dict.fromkeys([*ra.metrics, *rb.metrics])):
-        ma, mb = ra.metrics.get(name), rb.metrics.get(name)
-        if ma is None or mb is None:
-            rows.append(MetricDiff(name, ma.value if ma else None, mb.value if mb else None))
-            continue
-        pairs = [(pa[i]["scores"][name], pb[i]["scores"][name]) for i in common
-                 if name in pa[i]["scores"] and name in pb[i]["scores"]]
-        if pairs:
-            diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs],
-                                               resamples=resamples, seed=seed)
-            method = "paired bootstrap"
-        elif name in MEAN_METRICS:
-            diff = mb.value - ma.value
-            se = math.hypot((ma.high - ma.low) / (2 * Z95), (mb.high - mb.low) / (2 * Z95))
-            low, high, method = diff - Z95 * se, diff + Z95 * se, "normal"
-        else:
-            diff = mb.value - ma.value
-            low, high = newcombe_interval(ma.value * ma.n, ma.n, mb.value * mb.n, mb.n)
-            method = "newcombe"
-        rows.append(MetricDiff(name, ma.value, mb.value, diff, low, high, method, low > 0 or high < 0))
+    rows = [_metric_row(name, name, name, ra, rb, pa, pb, common, resamples, seed)
+            for name in dict.fromkeys([*ra.metrics, *rb.metrics])]
+    for name_a, name_b in pairs:
+        for run, name, report in (("A", name_a, ra), ("B", name_b, rb)):
+            if name not in report.metrics:
+                raise ConfigError(f"--pair {name_a}:{name_b}: run {run} has no metric {name!r}; it has: "
+                                  f"{', '.join(report.metrics)}")
+        rows.append(_metric_row(f"{name_a} vs {name_b}", name_a, name_b, ra, rb, pa, pb, common, resamples, seed))
     for name in COMPUTE_FIELDS:
         va, vb = getattr(ra, name), getattr(rb, name)
         rows.append(MetricDiff(name, va, vb, vb - va))

@@ -10,9 +10,12 @@ The output directory (format version 1) is a contract:
     one JSON object per finished item, appended and flushed (and fsynced) as one write: ``index``, ``id``,
     ``question``, ``gold``, ``extracted``, ``correct``, ``scores`` (metric -> per-item value), ``output`` and
     ``thinking`` (raw), ``truncated`` (the answer was cut at ``--max-tokens``), ``voted`` and ``samples``
-    (k > 1), ``tool_calls`` (with ``--tools``: each call's ``tool``, ``input``, ``output``, ``error``, the
-    chosen sample's with k > 1, and ``sample_tool_calls``, the number of calls in each sample), ``chosen``
-    (k > 1: the index of the sample answered with) and ``sample_scores`` (the verifier's score of each sample),
+    (k > 1: each candidate's ``answer``, ``correct``, ``text``, ``thinking``, ``tokens``, ``mean_logprob``,
+    ``finish`` and with ``--tools`` its ``tool_calls``), ``tool_calls`` (with ``--tools``: each call's ``tool``,
+    ``input``, ``output``, ``error``, the chosen sample's with k > 1, and ``sample_tool_calls``, the number of
+    calls in each sample), ``chosen``
+    (k > 1: the index of the sample answered with) and ``sample_scores`` (the verifier's score of each sample;
+    the ``scores`` then also hold ``best_of_n@k`` and ``weighted_vote@k``, whichever strategy answered),
     ``retrieved`` (qa with a store), ``tokens`` (``thinking``, ``answer``, ``generated``), ``tokens_per_s``,
     ``seconds``. A partial last line left by a kill is dropped on resume.
 ``report.json``, ``report.md``
@@ -276,6 +279,15 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
     return []
 
 
+def verifier_scores(samples, rows: list[dict]) -> dict[str, int]:
+    """``{"best_of_n@k": 0|1, "weighted_vote@k": 0|1}``: whether each choice among k verifier-scored samples
+    (:data:`~dca.assistant.strategies.verifier_search.VERIFIER_CHOICES`) is right, by the rows' ``correct``."""
+    from ..assistant.strategies.verifier_search import VERIFIER_CHOICES
+
+    return {f"{name}@{len(samples)}": int(bool(rows[choose(samples)]["correct"]))
+            for name, choose in VERIFIER_CHOICES.items()}
+
+
 def _record(item, answer, scored: dict, tools: bool = False) -> dict:
     st = answer.stats
     # the test-time compute spent: all samples' tokens, or in quote mode the candidate tokens scored
@@ -288,6 +300,14 @@ def _record(item, answer, scored: dict, tools: bool = False) -> dict:
            "tokens_per_s": round(st.tokens_per_s, 3)}
     if answer.chosen is not None:
         rec["chosen"] = answer.chosen
+    if answer.samples and isinstance(rec.get("samples"), list) and len(rec["samples"]) == len(answer.samples):
+        # the candidates themselves, so that a verifier can judge them later without sampling again (dca eval rescore)
+        rec["samples"] = [{**row, "text": s.text, "thinking": s.thinking, "tokens": s.tokens,
+                           "mean_logprob": round(s.mean_logprob, 6), "finish": s.finish,
+                           **({"tool_calls": [c.to_dict() for c in s.tool_calls]} if tools else {})}
+                          for row, s in zip(rec["samples"], answer.samples)]
+        if all(s.score is not None for s in answer.samples):
+            rec["scores"].update(verifier_scores(answer.samples, rec["samples"]))
     if any(s.score is not None for s in answer.samples):
         rec["sample_scores"] = [None if s.score is None else round(s.score, 6) for s in answer.samples]
     if tools:

@@ -17,6 +17,7 @@ keeps its meaning; the strategy's choice is the answer (``accuracy``), and the s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ...errors import ConfigError
@@ -44,8 +45,7 @@ class BestOfN(SelfConsistency):
     def choose(self, gen: Generation, samples: tuple[Sample, ...]) -> tuple[tuple[Sample, ...], tuple, int]:
         samples = _scored(gen, samples)
         votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples])
-        best = max(range(len(samples)), key=lambda i: (samples[i].score, -i))
-        return samples, votes, best
+        return samples, votes, best_of_n_choice(samples)
 
 
 @register_strategy("weighted_vote")
@@ -55,12 +55,26 @@ class WeightedVote(SelfConsistency):
     def choose(self, gen: Generation, samples: tuple[Sample, ...]) -> tuple[tuple[Sample, ...], tuple, int]:
         samples = _scored(gen, samples)
         votes = vote([s.answer for s in samples], [s.mean_logprob for s in samples])
-        weighted = weighted_votes(samples)
-        chosen = _best_in_cluster(samples, weighted, key=lambda s: s.score)
-        return samples, votes, chosen
+        return samples, votes, weighted_vote_choice(samples)
 
 
-def weighted_votes(samples: tuple[Sample, ...]) -> tuple[Vote, ...]:
+def best_of_n_choice(samples: Sequence[Sample]) -> int:
+    """The index of the sample with the highest verifier score (ties: the first); unscored samples rank last."""
+    return max(range(len(samples)), key=lambda i: (-1.0 if samples[i].score is None else samples[i].score, -i))
+
+
+def weighted_vote_choice(samples: Sequence[Sample]) -> int:
+    """The index of the best-scored sample of the cluster of equivalent answers whose scores sum highest."""
+    return _best_in_cluster(samples, weighted_votes(samples), key=lambda s: s.score or 0.0)
+
+
+#: The choices among scored samples, by strategy name: what ``dca eval`` reports as ``NAME@k`` for a run whose
+#: samples a verifier scored, whichever strategy answered, and what ``dca eval rescore`` chooses by.
+VERIFIER_CHOICES: dict[str, Callable[[Sequence[Sample]], int]] = {
+    "best_of_n": best_of_n_choice, "weighted_vote": weighted_vote_choice}
+
+
+def weighted_votes(samples: Sequence[Sample]) -> tuple[Vote, ...]:
     """Clusters of equivalent answers weighted by the sum of their samples' verifier scores, heaviest first
     (``Vote.weight`` is that sum); samples without an answer do not vote."""
     import math
