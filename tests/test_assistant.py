@@ -73,8 +73,12 @@ def test_context_sentences_quote_only_the_sentences_nearest_the_question(tmp_pat
     store.ingest([docs])
     question = "Which city does the Zorblax river flow through?"
     whole = scripted_llm("Quenton")
-    Assistant(whole, store, top_k=1, min_similarity=-1.0).ask(question)
+    Assistant(whole, store, top_k=1, min_similarity=-1.0, context_sentences=0).ask(question)
     assert "probe Vellum" in whole.prompts[0] and "football" in whole.prompts[0]
+    default = scripted_llm("Quenton")  # by default the 3 best sentences of the 5
+    Assistant(default, store, top_k=1, min_similarity=-1.0).ask(question)
+    kept = [s for s in ("Zorblax river flows", "Bakers", "probe Vellum", "harbour", "football") if s in default.prompts[0]]
+    assert len(kept) == 3 and "Zorblax river flows" in kept
     llm = scripted_llm("Quenton")
     answer = Assistant(llm, store, top_k=1, min_similarity=-1.0, context_sentences=1).ask(question)
     quoted = llm.prompts[0].split('<passage number="1"')[1].split("</passage>")[0]

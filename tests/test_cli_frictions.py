@@ -158,3 +158,14 @@ def test_eval_takes_the_assistant_settings_the_readme_lists(scripted_llm, tmp_pa
     assert result.exit_code == 0, result.output
     assistant = json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["assistant"]
     assert (assistant["vote"], assistant["min_thinking_tokens"]) == ("logprob", 2)
+
+
+def test_chat_keeps_its_prompt_prefix_states_in_dca_home(monkeypatch, scripted_llm, dca_home):
+    seen = {}
+    monkeypatch.setattr("dca.assistant.core.load_llm", lambda model, **kw: seen.update(kw) or scripted_llm("hi"))
+    result = runner.invoke(app, ["chat", "hi", "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert seen["prompt_cache"] == dca_home / "cache" / "prompts"  # a one-shot chat skips the shared prefix
+    monkeypatch.setenv("DCA_PROMPT_CACHE", "off")
+    seen.clear()
+    assert runner.invoke(app, ["chat", "hi", "--no-store"]).exit_code == 0 and seen.get("prompt_cache") is None

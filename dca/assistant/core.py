@@ -38,6 +38,8 @@ class Assistant:
         n_ctx: context window when the model is loaded here.
         chat_template: ``gemma``, ``chatml`` or a Jinja file for a model loaded here whose GGUF has no chat
             template (or to replace it); None: the GGUF's, or plain completion prompting (:mod:`dca.llm.templates`).
+        prompt_cache: a directory where a model loaded here keeps the state of its prompts' shared prefix between
+            processes (:mod:`dca.llm.prompt_cache`); None: none.
 
     Raises:
         ModelError: the model cannot be found or loaded.
@@ -47,14 +49,17 @@ class Assistant:
     """
 
     def __init__(self, model: LLM | str | Path | None = None, store=None, *, config: AssistantConfig | None = None,
-                 n_ctx: int = 4096, chat_template: str | Path | None = None, **overrides):
+                 n_ctx: int = 4096, chat_template: str | Path | None = None, prompt_cache: str | Path | None = None,
+                 **overrides):
         from ..bundled import BUNDLED_CHAT_MODEL
 
         self.config = replace(config or AssistantConfig(), **overrides)
         if model is None or isinstance(model, (str, Path)):
-            model = load_llm(model, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL), chat_template=chat_template)
-        elif chat_template is not None:
-            raise ConfigError("chat_template applies to a model the Assistant loads; give it to load_llm instead")
+            model = load_llm(model, n_ctx=n_ctx, name=str(model or BUNDLED_CHAT_MODEL), chat_template=chat_template,
+                             **({"prompt_cache": prompt_cache} if prompt_cache is not None else {}))
+        elif chat_template is not None or prompt_cache is not None:
+            raise ConfigError("chat_template and prompt_cache apply to a model the Assistant loads; give them to "
+                              "load_llm instead")
         self.llm: LLM = check_llm(model)
         if isinstance(store, (str, Path)):
             from ..rag import open_store

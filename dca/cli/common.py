@@ -154,6 +154,18 @@ def answering_store_dir(store_dir: Path | None, no_store: bool = False) -> Path 
     return default if (default / "manifest.json").is_file() else None
 
 
+def prompt_cache_dir() -> Path | None:
+    """Where ``dca chat`` and ``dca serve`` keep their models' prompt-prefix states (:mod:`dca.llm.prompt_cache`):
+    ``$DCA_HOME/cache/prompts``; None (no cache) when ``DCA_PROMPT_CACHE`` is ``0``/``off``/``false``/``no``."""
+    import os
+
+    from ..paths import dca_home
+
+    if os.environ.get("DCA_PROMPT_CACHE", "").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    return dca_home() / "cache" / "prompts"
+
+
 def check_store_flags(store_dir: Path | None, no_store: bool) -> None:
     """Exit 2 when both ``--store-dir`` and ``--no-store`` are given."""
     if no_store and store_dir is not None:
@@ -168,7 +180,7 @@ def load_assistant(model, store_dir: Path | None, no_store: bool, config, chat_t
 
     with Status("loading the model and the store"):
         bot = Assistant(model=model, store=answering_store_dir(store_dir, no_store), config=config,
-                        chat_template=chat_template)
+                        chat_template=chat_template, prompt_cache=prompt_cache_dir())
     notice = describe_prompting(bot.llm)
     if notice is not None:
         err.print(notice)

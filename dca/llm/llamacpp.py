@@ -31,6 +31,10 @@ class LlamaCppLLM(LLM):
         chat_template: ``gemma``, ``chatml`` or a Jinja file (:mod:`dca.llm.templates`), replacing the GGUF's
             template; None keeps the GGUF's, and a GGUF without one is prompted as plain text to continue
             (``template.source == "completion"``: a base model), never with a guessed template.
+        prompt_cache: a directory for :class:`~dca.llm.prompt_cache.PromptCache`: :meth:`generate` in a fresh
+            context restores the kept state of the prompt prefix it shares with earlier prompts (the system turn)
+            instead of evaluating it, across processes (``dca chat`` and ``dca serve`` use
+            ``$DCA_HOME/cache/prompts``). None (default): no cache, outputs independent of earlier runs.
 
     Attributes:
         template: the :class:`~dca.llm.templates.ChatTemplate` in use (its ``source`` says where it came from).
@@ -49,7 +53,7 @@ class LlamaCppLLM(LLM):
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, name: str | None = None,
-                 chat_template: str | Path | None = None):
+                 chat_template: str | Path | None = None, prompt_cache: str | Path | None = None):
         llama_cpp = import_llama_cpp()
         route_llama_cpp_log()
         self.path = Path(model_path).expanduser().resolve()
@@ -75,6 +79,11 @@ class LlamaCppLLM(LLM):
         self._eos = self._token_text(self.llama.token_eos())
         self.think_tags = ("<think>", "</think>") if self._is_single_token("<think>") else None
         self._formatter = None
+        self._prompt_cache = None
+        if prompt_cache is not None:
+            from .prompt_cache import PromptCache
+
+            self._prompt_cache = PromptCache(prompt_cache, self.path, self.context_length)
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -107,6 +116,10 @@ class LlamaCppLLM(LLM):
                  cancel: Callable[[], bool] | None = None) -> Iterator[str]:
         if max_tokens <= 0:
             return
+        if self._prompt_cache is not None:
+            tokens = self.llama.tokenize(prompt.encode("utf-8"), special=True)  # as create_completion does
+            self._prompt_cache.restore(self.llama, tokens)
+            self._prompt_cache.remember(self.llama, tokens)
         stream = self.llama.create_completion(
             prompt, max_tokens=max_tokens, temperature=temperature, stop=[*stop, *self._stops] or None,
             repeat_penalty=repeat_penalty, stream=True,

@@ -294,3 +294,28 @@ def embed_sequences(llama, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
             out[index] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
     batch.reset()
     return out
+
+
+def save_state(llama) -> bytes:
+    """The llama.cpp state of ``llama``'s context (its KV cache and last logits), as
+    ``llama_state_get_data`` writes it; :func:`load_state` restores it (:mod:`dca.llm.prompt_cache`)."""
+    llama_cpp = import_llama_cpp()
+    size = llama_cpp.llama_state_get_size(llama._ctx.ctx)
+    buf = (ctypes.c_uint8 * size)()
+    n = llama_cpp.llama_state_get_data(llama._ctx.ctx, buf, size)
+    return ctypes.string_at(buf, n)
+
+
+def load_state(llama, data: bytes, tokens: Sequence[int]) -> None:
+    """Restore a :func:`save_state` state made after evaluating ``tokens`` into ``llama``'s context, so that its
+    next completion evaluates only what follows them.
+
+    Raises:
+        ValueError: llama.cpp refused the state (made by another model, context size or build).
+    """
+    llama_cpp = import_llama_cpp()
+    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    if llama_cpp.llama_state_set_data(llama._ctx.ctx, buf, len(data)) != len(data):
+        raise ValueError("llama.cpp refused the state (another model, context size or llama.cpp build)")
+    llama.input_ids[:len(tokens)] = tokens
+    llama.n_tokens = len(tokens)
