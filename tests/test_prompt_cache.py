@@ -12,6 +12,8 @@ from conftest import bundled_gguf
 from dca.llm.llamacpp import LlamaCppLLM
 from dca.llm.prompt_cache import PromptCache
 
+pytestmark = pytest.mark.slow
+
 SYSTEM = ("You are a helpful assistant that runs offline. When the user's message contains numbered passages, answer "
           "from them and cite each passage you use by its number in square brackets, like [1].")
 
