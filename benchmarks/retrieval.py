@@ -11,6 +11,9 @@ these two rankings, so every variant is scored on the same candidates:
     reciprocal rank fusion with equal weights, k = 60 (Cormack et al. 2009), dca's hybrid search before issue 21.
 ``wrrf-L``
     weighted RRF: lexical weight L, dense weight 1 - L (scaled to sum 2, so that L = 0.5 is ``rrf``).
+``hybrid+rerank-N``
+    (``--rerank N``) hybrid's first N chunks reordered by the cross-encoder (:mod:`dca.rag.rerank`), as
+    ``Store.search(..., rerank=N)``; its time per query is reported.
 ``convex-A``
     convex combination of normalized scores (Bruch et al. 2023, "An Analysis of Fusion Functions for Hybrid
     Retrieval"): A * lexical + (1 - A) * dense, each min-max normalized over its own candidates (a chunk absent
@@ -21,7 +24,8 @@ Metrics, per data set and ranking: recall@1/5/10 and MRR@10 over documents (a hi
 containing an answer (case-insensitive); and the search time per query of the two rankings.
 
     .venv/bin/python benchmarks/retrieval.py [--set squad --set obliqa] [--corpus C --qa Q --name N]
-        [--limit N] [--every N] [--candidates 40] [--work DIR] [--backend llama.cpp] [--json-out F]
+        [--limit N] [--every N] [--candidates 40] [--work DIR] [--backend llama.cpp] [--rerank N]
+        [--json-out F]
 
 ``squad`` is SQuAD v1.1 dev (2,067 Wikipedia paragraphs, its first 1,000 questions); ``obliqa`` is ObliQA (1,507
 sections of a financial regulator's rulebooks, every 9th of its 2,788 dev questions: 310). To choose weights for
@@ -31,6 +35,7 @@ your own documents, give them as ``--corpus`` with a few hundred questions whose
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=40,
                    help="chunks taken from each ranking (default: 40, what the store takes for k = 5)")
     p.add_argument("--work", type=Path, default=Path(".retrieval-work"), help="stores are kept here and reused")
+    p.add_argument("--rerank", type=int, action="append", default=[],
+                   help="also hybrid's first N chunks reordered by the cross-encoder (repeatable, e.g. --rerank 20)")
     p.add_argument("--backend", choices=("sentence-transformers", "llama.cpp"), default="sentence-transformers",
                    help="the embedder's backend (each has its own stores under --work)")
     p.add_argument("--json-out", type=Path, default=None)
@@ -137,17 +144,35 @@ def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, ar
             print(f"{name}: ingested {corpus.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         info = store.info()
         runs, chunks, ms = collect(store, questions, args.candidates)
+    reranker, rerank_s = None, []
+    if args.rerank:
+        from dca.rag.rerank import CrossEncoder
+
+        reranker = CrossEncoder()
     ranks: dict[str, list] = {}
     for q, (dense, lexical) in zip(questions, runs):
         gold_ids, answers = gold_of(q)
-        for v, ranked in variants(dense, lexical).items():
+        ranked_by = variants(dense, lexical)
+        if reranker is not None:
+            hybrid = next(r for v, r in ranked_by.items() if v.startswith("hybrid"))
+            top = hybrid[:max(args.rerank)]
+            t0 = time.perf_counter()
+            logits = reranker.score(q["question"], [chunks[c][1] for c in top])
+            rerank_s.append(time.perf_counter() - t0)
+            for n in args.rerank:  # the pairs are scored one by one: the first n's scores are those of a run on n
+                order = sorted(range(min(n, len(top))), key=lambda i: (-logits[i], i))
+                ranked_by[f"hybrid+rerank-{n}"] = [top[i] for i in order] + hybrid[n:]
+        for v, ranked in ranked_by.items():
             ranks.setdefault(v, []).append(score(ranked, chunks, gold_ids, answers))
     n = len(questions)
     table = {v: {**{f"R@{k}": sum(r is not None and r <= k for r in rs) / n for k in KS},
                  "MRR@10": sum(1 / r for r in rs if r is not None) / n} for v, rs in ranks.items()}
     kind = "gold document" if any(gold_of(q)[0] for q in questions) else "answer-containing chunk"
-    return {"name": name, "questions": n, "documents": info.documents, "chunks": info.chunks, "relevance": kind,
-            "search_ms_per_query_both_rankings": ms, "table": table}
+    out = {"name": name, "questions": n, "documents": info.documents, "chunks": info.chunks, "relevance": kind,
+           "search_ms_per_query_both_rankings": ms, "table": table}
+    if rerank_s:
+        out["rerank"] = {"candidates": max(args.rerank), "s_per_query_median": statistics.median(rerank_s)}
+    return out
 
 
 def main(argv=None) -> int:
@@ -169,7 +194,9 @@ def main(argv=None) -> int:
     results = [run_set(*job, args) for job in jobs]
     for r in results:
         print(f"\n{r['name']}: {r['questions']} questions, {r['documents']} documents, {r['chunks']} chunks, "
-              f"relevance: {r['relevance']}, {r['search_ms_per_query_both_rankings']:.1f} ms/query (both rankings)")
+              f"relevance: {r['relevance']}, {r['search_ms_per_query_both_rankings']:.1f} ms/query (both rankings)"
+              + (f"; reranking {r['rerank']['candidates']} chunks {r['rerank']['s_per_query_median']:.2f} s/query "
+                 "(median)" if "rerank" in r else ""))
         print(f"| ranking | {' | '.join(f'R@{k}' for k in KS)} | MRR@10 |")
         print("|---|" + "---|" * (len(KS) + 1))
         for v, m in r["table"].items():

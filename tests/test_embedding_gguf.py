@@ -119,6 +119,8 @@ def test_ingest_search_chat_and_serve_work_with_torch_unimportable(tmp_path):
         assert r.exit_code == 0, r.output
         r = run(app, ["rag", "search", "Zorblax river", "--store-dir", store, "-k", "1"])
         assert r.exit_code == 0 and "rivers.md" in r.output, r.output
+        r = run(app, ["rag", "search", "How long is the Zorblax?", "--store-dir", store, "-k", "1", "--rerank", "2"])
+        assert r.exit_code == 0 and "rivers.md" in r.output, r.output
         r = run(app, ["chat", "Which city does the Zorblax river flow through?", "--store-dir", store])
         assert r.exit_code == 0 and "Quenton" in r.output, r.output
         from dca.assistant import Assistant

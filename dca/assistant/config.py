@@ -52,6 +52,9 @@ class AssistantConfig:
         min_similarity: passages whose cosine similarity to the question is below this are dropped
             (``--min-similarity``); in [-1, 1].
         search_mode: ``hybrid``, ``dense`` or ``lexical`` (``--mode``).
+        rerank: N > 0 reorders the first N hits of the search by a cross-encoder before the first ``top_k`` are
+            quoted (``--rerank``; :mod:`dca.rag.rerank`: about a second for 20 chunks on 2 cores, so off by default;
+            its recall gain is in benchmarks/README.md).
         passage_order: where the best passage sits in the prompt (``--passage-order``). ``best_last``
             (default) quotes the passages from the lowest-ranked to the best, so the best one is nearest the
             question: models use what is at the end of their context best (Liu et al. 2023, "Lost in the
@@ -118,6 +121,9 @@ class AssistantConfig:
                                     help="Drop passages whose cosine similarity to the question is below this.")
     search_mode: str = setting("hybrid", "--mode",
                                help="Retrieval: hybrid (dense and lexical scores combined) | dense | lexical.")
+    rerank: int = setting(0, "--rerank",
+                          help="Reorder the first N retrieved chunks with the bundled cross-encoder "
+                               "(ms-marco-MiniLM-L-12-v2) before the top -k are kept; 0 is off.")
     passage_order: str = setting("best_last", "--passage-order",
                                  help="best_last quotes the best passage nearest the question | best_first.")
     context_sentences: int = setting(
@@ -167,6 +173,8 @@ class AssistantConfig:
             raise ConfigError(f"-k must be >= 0, got {self.top_k}")
         if not -1.0 <= self.min_similarity <= 1.0:
             raise ConfigError(f"--min-similarity must be in [-1, 1], got {self.min_similarity}")
+        if self.rerank < 0:
+            raise ConfigError(f"--rerank must be >= 0, got {self.rerank}")
         if self.search_mode not in SEARCH_MODES:
             raise ConfigError(f"--mode must be hybrid, dense or lexical, got {self.search_mode!r}")
         if self.passage_order not in PASSAGE_ORDERS:

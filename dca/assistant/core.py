@@ -114,7 +114,7 @@ class Assistant:
             return ()
 
         def search(query: str) -> list:
-            hits = self.store.search(query, k=cfg.top_k, mode=cfg.search_mode)
+            hits = self.store.search(query, k=cfg.top_k, mode=cfg.search_mode, rerank=cfg.rerank)
             return [h for h in hits if h.similarity >= cfg.min_similarity]
 
         hits = search(question)

@@ -398,7 +398,7 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
             answer = assistant.ask(item.question)
             rec = _record(item, answer, task.score(item, answer, k), tools=bool(acfg.tools))
             if recall_k:
-                hits = assistant.store.search(item.question, k=recall_k, mode=acfg.search_mode)
+                hits = assistant.store.search(item.question, k=recall_k, mode=acfg.search_mode, rerank=acfg.rerank)
                 rec["retrieved"] = list(dict.fromkeys(h.doc_id for h in hits))
                 if item.gold_paragraph_id is not None:
                     rec["scores"][f"recall@{recall_k}"] = int(item.gold_paragraph_id in rec["retrieved"])

@@ -26,7 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
@@ -116,7 +116,8 @@ class SearchHit:
         source: the document key (file path, or ``path#id`` for a JSONL record).
         path: the file the chunk came from.
         start, end: character offsets of the chunk in its document.
-        score: the ranking score of the mode (cosine for dense, BM25 for lexical, RRF for hybrid).
+        score: the ranking score of the mode (cosine for dense, BM25 for lexical, the convex fusion for hybrid; with
+            ``rerank``, the cross-encoder's logit).
         similarity: cosine similarity of query and chunk embeddings, in [-1, 1], for every mode.
     """
 
@@ -198,6 +199,7 @@ class Store:
         self._lock = threading.RLock()
         self._index = None
         self._backend_checked = False
+        self.reranker = None  # a dca.rag.rerank.CrossEncoder, loaded by the first search with rerank
         manifest_path = self.path / MANIFEST
         for name in STORE_FILES:  # temporaries left by a process killed mid-write
             remove_stale_temporaries(self.path / name)
@@ -545,7 +547,8 @@ class Store:
     # -- search -----------------------------------------------------------------------------------
 
     def search(self, query: str, k: int = 5, *, mode: SearchMode = "hybrid",
-               candidates: int | None = None, lexical_weight: float | None = None) -> list[SearchHit]:
+               candidates: int | None = None, lexical_weight: float | None = None,
+               rerank: int = 0) -> list[SearchHit]:
         """Rank chunks for ``query``.
 
         ``hybrid`` fuses the dense and lexical rankings by a convex combination of their min-max normalized
@@ -560,12 +563,16 @@ class Store:
             candidates: hits taken from each ranking before fusion; default ``max(4 * k, 40)``.
             lexical_weight: the lexical ranking's weight in ``hybrid``, in [0, 1]; None: LEXICAL_WEIGHT. Tune it
                 for a corpus with benchmarks/retrieval.py.
+            rerank: N > 0 reorders the first ``max(N, k)`` hits of ``mode`` by the cross-encoder
+                (:class:`~dca.rag.rerank.CrossEncoder`, loaded on first use; ``self.reranker`` to give another)
+                before the first ``k`` are taken; 0: none.
 
         Returns:
             up to ``k`` hits, best first.
 
         Raises:
-            ConfigError: unknown mode or k < 1.
+            ConfigError: unknown mode, k < 1 or rerank < 0.
+            MissingDependencyError, ModelError: ``rerank`` without onnxruntime or without a reranker model.
         """
         if mode not in ("dense", "lexical", "hybrid"):
             raise ConfigError(f"--mode must be dense, lexical or hybrid, got {mode!r}")
@@ -573,6 +580,17 @@ class Store:
             raise ConfigError(f"-k must be >= 1, got {k}")
         if lexical_weight is not None and not 0.0 <= lexical_weight <= 1.0:
             raise ConfigError(f"--lexical-weight must be in [0, 1], got {lexical_weight}")
+        if rerank < 0:
+            raise ConfigError(f"--rerank must be >= 0, got {rerank}")
+        if rerank:
+            hits = self.search(query, max(rerank, k), mode=mode, candidates=candidates, lexical_weight=lexical_weight)
+            if self.reranker is None:
+                from .rerank import CrossEncoder
+
+                self.reranker = CrossEncoder()
+            logits = self.reranker.score(query, [h.text for h in hits])
+            order = np.argsort(-logits, kind="stable")[:k]
+            return [replace(hits[i], score=float(logits[i])) for i in order]  # the score is the reranker's
         n = candidates or max(4 * k, 40)
         self._agreed()
         qvec = self.embedder.embed([query], is_query=True)[0]
