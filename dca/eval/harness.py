@@ -279,6 +279,14 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
     return []
 
 
+def append_record(f, rec: dict) -> None:
+    """Append one prediction record to the open ``predictions.jsonl`` as one write, flushed and fsynced: a kill
+    leaves at most a partial last line, which :func:`read_predictions` drops."""
+    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def verifier_scores(samples, rows: list[dict]) -> dict[str, int]:
     """``{"best_of_n@k": 0|1, "weighted_vote@k": 0|1}``: whether each choice among k verifier-scored samples
     (:data:`~dca.assistant.strategies.verifier_search.VERIFIER_CHOICES`) is right, by the rows' ``correct``."""
@@ -403,9 +411,7 @@ def run_eval(cfg: EvalConfig, assistant=None, progress: ProgressFn | None = None
                 if item.gold_paragraph_id is not None:
                     rec["scores"][f"recall@{recall_k}"] = int(item.gold_paragraph_id in rec["retrieved"])
             rec["seconds"] = round(time.perf_counter() - t0, 3)
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")  # one write: a kill leaves at most a partial last line
-            f.flush()
-            os.fsync(f.fileno())
+            append_record(f, rec)
             done.add(item.index)
             correct += rec["scores"][main]
             report_progress()

@@ -16,7 +16,6 @@ strategy end to end); ``tokens.verifier`` counts the tokens the verifier decoded
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,16 @@ from types import SimpleNamespace
 from ..errors import ConfigError, LoaderError, ManifestError
 from ..paths import atomic_write_json, atomic_write_text, read_manifest, sha256_file
 from ..progress import Progress, ProgressFn, emitter
-from .harness import CONFIG, EVAL_FORMAT, PREDICTIONS, REPORT_JSON, REPORT_MD, _prepare_out_dir, read_predictions
+from .harness import (
+    CONFIG,
+    EVAL_FORMAT,
+    PREDICTIONS,
+    REPORT_JSON,
+    REPORT_MD,
+    _prepare_out_dir,
+    append_record,
+    read_predictions,
+)
 from .report import EvalReport, build_report, to_markdown
 from .tasks import get_task
 
@@ -39,6 +47,36 @@ def _candidates(run: Path, records: list[dict]) -> None:
             raise ConfigError(f"{run / PREDICTIONS}: item {rec['index']} keeps no candidates to rescore; rescoring "
                               "needs a run made with --samples k > 1 by a dca that keeps them (runs made before "
                               "dca eval rescore existed do not): run dca eval --samples k again")
+
+
+def _rescored(rec: dict, verifier, choose, main: str) -> dict:
+    """``rec`` (a sampled run's prediction) with its candidates scored by ``verifier`` and answered by ``choose``
+    (a :data:`~dca.assistant.strategies.verifier_search.VERIFIER_CHOICES` function): the chosen sample's output,
+    ``main`` metric and tool calls, both verifier metrics, the scoring's tokens and seconds."""
+    from ..assistant.types import Sample
+    from ..assistant.verifier import solution_text
+    from .harness import verifier_scores
+
+    t0 = time.perf_counter()
+    rows = rec["samples"]
+    before = verifier.tokens
+    scores = verifier.score(rec["question"], [solution_text(r.get("thinking", ""), r["text"]) for r in rows])
+    samples = tuple(Sample(r["text"], r.get("thinking", ""), r.get("answer"), r.get("mean_logprob", 0.0),
+                           r.get("tokens", 0), r.get("finish", "stop"), score=float(p)) for r, p in zip(rows, scores))
+    chosen = choose(samples)
+    pick = rows[chosen]
+    new = {**rec, "samples": [{**r, "score": round(s.score, 6)} for r, s in zip(rows, samples)],
+           "sample_scores": [round(s.score, 6) for s in samples], "chosen": chosen,
+           "extracted": pick.get("answer"), "output": pick["text"], "thinking": pick.get("thinking", ""),
+           "truncated": bool(pick["text"].strip()) and pick.get("finish") == "length",
+           "scores": {**rec["scores"], main: int(bool(pick["correct"])), **verifier_scores(samples, rows)},
+           "tokens": {**rec["tokens"], "verifier": verifier.tokens - before}}
+    if "tool_calls" in pick:
+        new["tool_calls"] = pick["tool_calls"]
+    scoring = time.perf_counter() - t0
+    new["verifier_seconds"] = round(scoring, 3)
+    new["seconds"] = round(rec.get("seconds", 0.0) + scoring, 3)
+    return new
 
 
 def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str = "weighted_vote",
@@ -66,9 +104,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
         ModelError: the verifier cannot be loaded (the message names the file and ``--verifier``).
     """
     from ..assistant.strategies.verifier_search import VERIFIER_CHOICES
-    from ..assistant.types import Sample
-    from ..assistant.verifier import Verifier, solution_text
-    from .harness import verifier_scores
+    from ..assistant.verifier import Verifier
 
     if strategy not in VERIFIER_CHOICES:
         raise ConfigError(f"--strategy {strategy!r}: choose {' | '.join(VERIFIER_CHOICES)}")
@@ -110,30 +146,8 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
         for rec in records:
             if rec["index"] in done:
                 continue
-            t0 = time.perf_counter()
-            rows = rec["samples"]
-            before = verifier.tokens
-            scores = verifier.score(rec["question"], [solution_text(r.get("thinking", ""), r["text"]) for r in rows])
-            samples = tuple(Sample(r["text"], r.get("thinking", ""), r.get("answer"), r.get("mean_logprob", 0.0),
-                                   r.get("tokens", 0), r.get("finish", "stop"), score=float(p))
-                            for r, p in zip(rows, scores))
-            chosen = VERIFIER_CHOICES[strategy](samples)
-            new = {**rec, "samples": [{**r, "score": round(s.score, 6)} for r, s in zip(rows, samples)],
-                   "sample_scores": [round(s.score, 6) for s in samples], "chosen": chosen,
-                   "extracted": rows[chosen].get("answer"), "output": rows[chosen]["text"],
-                   "thinking": rows[chosen].get("thinking", ""),
-                   "truncated": bool(rows[chosen]["text"].strip()) and rows[chosen].get("finish") == "length",
-                   "scores": {**rec["scores"], main: int(bool(rows[chosen]["correct"])),
-                              **verifier_scores(samples, rows)},
-                   "tokens": {**rec["tokens"], "verifier": verifier.tokens - before}}
-            if "tool_calls" in rows[chosen]:
-                new["tool_calls"] = rows[chosen]["tool_calls"]
-            scoring = time.perf_counter() - t0
-            new["verifier_seconds"] = round(scoring, 3)
-            new["seconds"] = round(rec.get("seconds", 0.0) + scoring, 3)
-            f.write(json.dumps(new, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            new = _rescored(rec, verifier, VERIFIER_CHOICES[strategy], main)
+            append_record(f, new)
             done.add(rec["index"])
             correct += new["scores"][main]
             report_progress()

@@ -120,12 +120,13 @@ class PromptCache:
         n = min(_common_prefix(last, tokens), len(tokens) - 1)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            if n >= self.min_tokens and not any(e[0] == n and e[1] == _digest(tokens[:n]) for e in self._entries()):
+            digest = _digest(tokens[:n])
+            if n >= self.min_tokens and not any(e[:2] == (n, digest) for e in self._entries()):
                 done = llama.n_tokens
                 if done <= n and list(llama.input_ids[:done]) == list(tokens[:done]):
                     if done < n:
                         llama.eval(list(tokens[done:n]))
-                    with atomic_path(self.dir / f"{n}-{_digest(tokens[:n])}.state", sync=False) as tmp:
+                    with atomic_path(self.dir / f"{n}-{digest}.state", sync=False) as tmp:
                         tmp.write_bytes(save_state(llama))
                     self._prune()
             with atomic_path(last_file, sync=False) as tmp:
