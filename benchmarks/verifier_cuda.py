@@ -1,0 +1,350 @@
+"""Issue 19's verifier experiment on a CUDA GPU: a student's samples, a verifier's data and its search, batched.
+
+dca samples one question at a time in llama.cpp on the CPU; on a GPU that leaves the device idle. This script
+runs the same work with transformers on a model directory that ``dca distill train`` wrote, batched *across*
+questions (thousands of sequences per ``generate`` call), and then hands the completions to dca's own code:
+``dca distill verifier``'s :func:`~dca.distill.verifier.make_verifier_data` (labels, ``orm.jsonl``, report) and
+``dca eval``'s :func:`~dca.eval.harness.run_eval` (strategies, votes, the verifier's choices, ``predictions.jsonl``
+and reports that ``dca eval compare`` reads). :class:`BatchedHF` is a :class:`dca.llm.LLM` whose ``sample`` and
+``generate`` answer from completions drawn beforehand (:meth:`BatchedHF.prefill`) for the same prompt and settings,
+and draw on the spot otherwise (counted as ``misses``), so every figure comes from dca's code paths.
+
+Decoding as dca's llama.cpp sampler does it (:func:`dca.llm.sampling.sample_parallel`): the CTRL repeat penalty
+over a sample's last 64 generated tokens (greedy: the last 64 tokens, prompt included, as llama-cpp-python), then
+temperature, top-k 64 and top-p 0.95; ``mean_logprob`` at temperature 1. Seeds are torch's, not llama.cpp's, so
+the draws differ from a CPU run's; the model runs in bf16 on the GPU (fp32 on the CPU), not as a quantized GGUF.
+
+    python benchmarks/verifier_cuda.py data gsm8k_train.jsonl -m student/model -o vdata --samples 8 --limit 1500
+    python benchmarks/verifier_cuda.py eval gsm8k_test.jsonl -m student/model -o eval/greedy --limit 500
+    python benchmarks/verifier_cuda.py eval gsm8k_test.jsonl -m student/model -o eval/wv8 --limit 500 --samples 8 \\
+        --verifier orm/model --strategy weighted_vote
+    python benchmarks/verifier_cuda.py auroc heldout-vdata --verifier orm/model --json-out auroc.json
+
+``benchmarks/verifier_cuda.sh`` chains these with ``dca distill train`` (the run of benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from _common import read_jsonl, write_json
+from transformers import LogitsProcessor
+
+from dca.llm.base import LLM, Completion
+
+TOP_K, TOP_P, PENALTY_LAST_N = 64, 0.95, 64  # dca.llm.sampling's
+MAX_SEQUENCES = 2048  # sequences decoded together
+
+
+class _Decoding(LogitsProcessor):
+    """A transformers logits processor: dca's sampling chain, and each chosen token's log-probability."""
+
+    def __init__(self, prompt_len: int, temperature: float, repeat_penalty: float):
+        self.prompt_len, self.temperature, self.penalty = prompt_len, temperature, repeat_penalty
+        self.prev = None  # log-softmax of the last step's raw logits
+        self.logps = []  # per step: the log-probability of the token chosen there
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        raw = scores.float()
+        if self.prev is not None:
+            self.logps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(raw, dim=-1)
+        x = raw
+        if self.penalty != 1.0:
+            recent = input_ids[:, -PENALTY_LAST_N:] if self.temperature == 0 else \
+                input_ids[:, self.prompt_len:][:, -PENALTY_LAST_N:]
+            if recent.shape[1]:
+                vals = x.gather(1, recent)
+                x = x.scatter(1, recent, torch.where(vals > 0, vals / self.penalty, vals * self.penalty))
+        if self.temperature == 0:
+            return x
+        vals, idx = torch.topk(x / self.temperature, TOP_K, dim=-1)
+        probs = torch.softmax(vals, dim=-1)
+        vals = vals.masked_fill(torch.cumsum(probs, dim=-1) - probs >= TOP_P, float("-inf"))
+        return torch.full_like(x, float("-inf")).scatter(1, idx, vals)
+
+    def finish(self, last_tokens):
+        """The (sequences, steps) log-probabilities, the last step's token given."""
+        import torch
+
+        self.logps.append(self.prev.gather(1, last_tokens[:, None]).squeeze(1))
+        return torch.stack(self.logps, dim=1)
+
+
+class BatchedHF(LLM):
+    """A transformers causal LM as a :class:`dca.llm.LLM` that samples, decodes greedily and scores continuations,
+    with completions drawn beforehand in large batches (:meth:`prefill`).
+
+    Args:
+        path: a model directory with its tokenizer and chat template (``dca distill train``'s ``model/``).
+        device: ``cuda`` when there is one, else ``cpu``.
+    """
+
+    can_sample = True
+    can_score = True
+    think_tags = None
+
+    def __init__(self, path: str | Path, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
+        self.name = str(path)
+        self.context_length = min(int(getattr(self.model.config, "max_position_embeddings", 2048)), 8192)
+        eot = self.tok.convert_tokens_to_ids("<|im_end|>")
+        self.end_token = eot if isinstance(eot, int) and eot != self.tok.unk_token_id else self.tok.eos_token_id
+        self.end_ids = sorted({self.end_token, self.tok.eos_token_id} - {None})
+        self.stops = tuple(t for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>") if t in self.tok.get_vocab())
+        self._cache: dict[tuple, list[Completion]] = {}
+        self.misses = 0
+        self.generated = 0
+
+    # -- the LLM protocol ------------------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict]) -> str:
+        return self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompt, *, max_tokens, temperature=0.0, stop=(), repeat_penalty=1.0, cancel=None, **_):
+        yield self._completions(prompt, 1, max_tokens, temperature, repeat_penalty, stop)[0].text
+
+    def sample(self, prompt, *, n, max_tokens, temperature=0.7, repeat_penalty=1.0, stop=(), seed=0, cancel=None,
+               **_):
+        return self._completions(prompt, n, max_tokens, temperature, repeat_penalty, stop)
+
+    def score(self, prompt, continuations, *, cancel=None):
+        out, decoded = self.score_many([prompt], continuations, cancel=cancel)
+        return out[0], decoded - self.count_tokens(prompt)
+
+    def score_many(self, prompts, continuations, *, cancel=None, chunk: int = 64):
+        """log P(continuation + end of turn | prompt) for each pair: shape (len(prompts), len(continuations))."""
+        import numpy as np
+        import torch
+
+        pairs = []
+        for p in prompts:
+            head = self.tok(p, add_special_tokens=False)["input_ids"]
+            for c in continuations:
+                tail = self.tok(c, add_special_tokens=False)["input_ids"] + [self.end_token]
+                pairs.append((head, tail))
+        scores = np.empty(len(pairs))
+        for s in range(0, len(pairs), chunk):
+            batch = pairs[s:s + chunk]
+            width = max(len(h) + len(t) for h, t in batch)
+            ids = torch.full((len(batch), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, (h, t) in enumerate(batch):
+                seq = h + t
+                ids[i, :len(seq)] = torch.tensor(seq)
+                mask[i, :len(seq)] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for i, (h, t) in enumerate(batch):
+                pos = torch.arange(len(h) - 1, len(h) + len(t) - 1, device=logp.device)
+                scores[s + i] = logp[i, pos, torch.tensor(t, device=logp.device)].sum().item()
+        decoded = sum(len(h) + len(t) for h, t in pairs)
+        return scores.reshape(len(prompts), len(continuations)), decoded
+
+    def close(self) -> None:
+        self.model = None
+
+    # -- batched drawing -------------------------------------------------------------------------------------
+    @staticmethod
+    def _key(prompt, n, max_tokens, temperature, repeat_penalty):
+        return prompt, n, max_tokens, round(float(temperature), 6), round(float(repeat_penalty), 6)
+
+    def _completions(self, prompt, n, max_tokens, temperature, repeat_penalty, stop) -> list[Completion]:
+        key = self._key(prompt, n, max_tokens, temperature, repeat_penalty)
+        if key not in self._cache:
+            self.misses += 1
+            self.prefill([prompt], n=n, max_tokens=max_tokens, temperature=temperature, repeat_penalty=repeat_penalty)
+        out = []
+        for c in self._cache.pop(key):
+            cut = min((c.text.find(s) for s in stop if s and s in c.text), default=-1)
+            out.append(c if cut < 0 else Completion(c.text[:cut], c.tokens, c.mean_logprob, "stop", c.tool_calls))
+        return out
+
+    def prefill(self, prompts: Sequence[str], *, n: int, max_tokens: int, temperature: float,
+                repeat_penalty: float = 1.0, seed: int = 0, progress: bool = False) -> None:
+        """Draw ``n`` completions of each prompt (``temperature`` 0: greedy, ``n`` 1), batched across prompts,
+        and keep them for :meth:`sample` / :meth:`generate` with the same settings."""
+        import torch
+        from transformers import GenerationConfig
+
+        todo = sorted(set(prompts), key=lambda p: self.count_tokens(p))
+        per = max(1, MAX_SEQUENCES // n)
+        t0 = time.perf_counter()
+        for b in range(0, len(todo), per):
+            chunk = todo[b:b + per]
+            enc = self.tok(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+            plen = enc["input_ids"].shape[1]
+            proc = _Decoding(plen, temperature, repeat_penalty)
+            gc = GenerationConfig(do_sample=temperature > 0, max_new_tokens=max_tokens, num_return_sequences=n,
+                                  temperature=1.0, top_k=0, top_p=1.0, eos_token_id=self.end_ids,
+                                  pad_token_id=self.tok.pad_token_id)
+            torch.manual_seed(seed + b)
+            with torch.no_grad():
+                seqs = self.model.generate(**enc, generation_config=gc, logits_processor=[proc])
+            gen = seqs[:, plen:]
+            logps = proc.finish(gen[:, -1]).cpu()
+            gen = gen.cpu()
+            for i, prompt in enumerate(chunk):
+                comps = []
+                for j in range(n):
+                    row = gen[i * n + j].tolist()
+                    end = next((t for t, x in enumerate(row) if x in self.end_ids), None)
+                    length = len(row) if end is None else end
+                    text = self.tok.decode(row[:length], skip_special_tokens=False)
+                    cut = min((text.find(s) for s in self.stops if s in text), default=-1)
+                    finish = "stop" if end is not None or cut >= 0 else "length"
+                    if cut >= 0:
+                        text = text[:cut]
+                    lp = float(logps[i * n + j, :length].mean()) if length else 0.0
+                    comps.append(Completion(text, length, lp, finish, (), end is not None))
+                    self.generated += length
+                self._cache[self._key(prompt, n, max_tokens, temperature, repeat_penalty)] = comps
+            if progress:
+                done = min(b + per, len(todo))
+                print(f"  drew {done}/{len(todo)} prompts x {n} ({time.perf_counter() - t0:.0f} s, "
+                      f"{self.generated} tokens)", flush=True)
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+def cmd_data(args) -> None:
+    """``dca distill verifier`` with the samples drawn here in batches."""
+    from dca.assistant import Assistant, AssistantConfig
+    from dca.distill.generate import load_questions
+    from dca.distill.verifier import VerifierDataConfig, make_verifier_data
+
+    cfg = VerifierDataConfig(args.questions, args.out, samples=args.samples, limit=args.limit,
+                             max_tokens=args.max_tokens, max_wrong=args.max_wrong, seed=args.seed, force=args.force)
+    llm = BatchedHF(args.model)
+    bot = Assistant(model=llm, config=AssistantConfig(
+        samples=cfg.samples, sample_temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+        repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, think=False, top_k=0, history_turns=0,
+        strategy="self_consistency"))
+    questions = [q for q in load_questions(cfg.questions)[0] if q.gold is not None][:cfg.limit]
+    t0 = time.perf_counter()
+    llm.prefill([bot.answer_prompt(q.question) for q in questions], n=cfg.samples, max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature, repeat_penalty=cfg.repeat_penalty, seed=cfg.seed, progress=True)
+    drawn = time.perf_counter() - t0
+    report = make_verifier_data(cfg, llm=llm)
+    print(f"verifier data: {report.questions} questions, {report.samples} samples, {report.correct} right, "
+          f"pass@{cfg.samples} {report.pass_at_k:.1%}, {report.orm_examples} ORM examples; drawn in {drawn:.0f} s "
+          f"({llm.generated / max(drawn, 1e-9):.0f} tok/s); {llm.misses} drawn outside the batches")
+
+
+def cmd_eval(args) -> None:
+    """``dca eval --task gsm8k`` with the completions drawn here in batches (and a verifier, if given)."""
+    from dca.assistant import Assistant
+    from dca.assistant.verifier import Verifier
+    from dca.eval.harness import EvalConfig, assistant_config, run_eval
+    from dca.eval.tasks import load_items
+
+    settings = {"samples": args.samples, "seed": args.seed}
+    if args.strategy:
+        settings["strategy"] = args.strategy
+    cfg = EvalConfig("gsm8k", args.data, limit=args.limit, out_dir=args.out, force=args.force, **settings)
+    llm = BatchedHF(args.model)
+    bot = Assistant(model=llm)
+    acfg = assistant_config(cfg, bot.config, with_store=False)
+    bot.config = acfg
+    if args.verifier:
+        bot.verifier = Verifier(BatchedHF(args.verifier))
+    items, _ = load_items("gsm8k", args.data, args.limit)
+    k = acfg.k
+    t0 = time.perf_counter()
+    llm.prefill([bot.answer_prompt(it.question) for it in items], n=k, max_tokens=acfg.max_tokens,
+                temperature=acfg.sample_temperature if k > 1 else acfg.temperature,
+                repeat_penalty=acfg.repeat_penalty, seed=acfg.seed, progress=True)
+    drawn = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    report = run_eval(cfg, assistant=bot)
+    rest = time.perf_counter() - t1
+    metrics = ", ".join(f"{m.name} {m.value:.1%}" for m in report.metrics.values())
+    print(f"eval {args.out}: {metrics}; drawn in {drawn:.0f} s ({llm.generated} tokens), the rest (voting, "
+          f"verifier) {rest:.0f} s; {llm.misses} drawn outside the batches")
+    write_json(args.out / "timing.json", {"draw_s": drawn, "rest_s": rest, "generated_tokens": llm.generated,
+                                          "items": len(items), "misses": llm.misses,
+                                          "verifier_tokens": bot.verifier.tokens if bot.verifier else 0})
+
+
+def cmd_auroc(args) -> None:
+    """benchmarks/verifier_auroc.py for a verifier directory."""
+    from verifier_auroc import choices
+
+    from dca.assistant.verifier import Verifier
+    from dca.eval.stats import auroc
+
+    rows = read_jsonl(args.data_dir / "samples.jsonl", args.limit)
+    v = Verifier(BatchedHF(args.verifier))
+    t0 = time.perf_counter()
+    scores = [v.score(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
+    flat = [x for ss in scores for x in ss]
+    labels = [s["correct"] for r in rows for s in r["samples"]]
+    k = len(rows[0]["samples"])
+    try:
+        area = auroc(flat, labels)
+    except ValueError:  # every sample right, or every one wrong
+        area = None
+    res = {"auroc": area, **choices(rows, scores),
+           "seconds_per_question": (time.perf_counter() - t0) / len(rows), "samples": len(flat),
+           "right": sum(labels), "questions": len(rows), "k": k}
+    shown = "n/a" if area is None else f"{area:.3f}"
+    print(f"{args.verifier} on {args.data_dir}: AUROC {shown} ({len(flat)} samples, {sum(labels)} right); "
+          f"best-of-{k} {res['best_of_k']:.1%}, weighted vote {res['weighted_vote']:.1%}, majority "
+          f"{res['majority']:.1%}, pass@{k} {res['pass_at_k']:.1%}")
+    write_json(args.json_out, res)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="dca distill verifier: k samples per question, labelled (batched)")
+    d.add_argument("questions", type=Path)
+    d.add_argument("-m", "--model", required=True)
+    d.add_argument("-o", "--out", type=Path, required=True)
+    d.add_argument("--samples", type=int, default=8)
+    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--max-tokens", type=int, default=256)
+    d.add_argument("--max-wrong", type=int, default=4)
+    e = sub.add_parser("eval", help="dca eval --task gsm8k (batched)")
+    e.add_argument("data", type=Path)
+    e.add_argument("-m", "--model", required=True)
+    e.add_argument("-o", "--out", type=Path, required=True)
+    e.add_argument("--limit", type=int, default=500)
+    e.add_argument("--samples", type=int, default=1)
+    e.add_argument("--verifier", default=None, help="the verifier's model directory")
+    e.add_argument("--strategy", default=None, help="best_of_n | weighted_vote | self_consistency")
+    a = sub.add_parser("auroc", help="a verifier's AUROC and choices on held-out verifier data")
+    a.add_argument("data_dir", type=Path)
+    a.add_argument("--verifier", required=True)
+    a.add_argument("--limit", type=int, default=0)
+    a.add_argument("--json-out", type=Path, default=None)
+    for s in (d, e):
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--force", action="store_true", help="start the output over")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    {"data": cmd_data, "eval": cmd_eval, "auroc": cmd_auroc}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
