@@ -14,6 +14,10 @@ these two rankings, so every variant is scored on the same candidates:
 ``hybrid+rerank-N``
     (``--rerank N``) hybrid's first N chunks reordered by the cross-encoder (:mod:`dca.rag.rerank`), as
     ``Store.search(..., rerank=N)``; its time per query is reported.
+``hybrid+rerank-N-mix-B``
+    (``--rerank N``) hybrid's first N chunks ordered by B * the cross-encoder's logit + (1 - B) * hybrid's fused
+    score, each min-max normalized over those N (the reranker's judgement kept beside the retrievers' instead of
+    replacing it); B = 1 is ``hybrid+rerank-N``.
 ``convex-A``
     convex combination of normalized scores (Bruch et al. 2023, "An Analysis of Fusion Functions for Hybrid
     Retrieval"): A * lexical + (1 - A) * dense, each min-max normalized over its own candidates (a chunk absent
@@ -47,6 +51,7 @@ SETS = {"squad": ("squad_dev_corpus.jsonl", "squad_dev_qa.jsonl", 1000, 1),
         "obliqa": ("obliqa_corpus.jsonl", "obliqa_dev_qa.jsonl", 0, 9)}
 WRRF = (0.6, 0.7, 0.8)
 CONVEX = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+RERANK_MIX = (0.5, 0.7, 0.85)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,6 +110,19 @@ def convex(dense, lexical, alpha: float) -> list[int]:
     return [cid for cid, _ in convex_fusion(dense, lexical, alpha)]
 
 
+def convex_scores(dense, lexical) -> list[tuple[int, float]]:
+    """Hybrid's (chunk, fused score) pairs, best first, at the store's default lexical weight."""
+    from dca.rag.lexical import LEXICAL_WEIGHT, convex_fusion
+
+    return convex_fusion(dense, lexical, LEXICAL_WEIGHT)
+
+
+def minmax(xs) -> list[float]:
+    """``xs`` scaled to [0, 1] (all 1 when they are equal)."""
+    lo, hi = min(xs), max(xs)
+    return [(x - lo) / (hi - lo) if hi > lo else 1.0 for x in xs]
+
+
 def variants(dense, lexical) -> dict[str, list[int]]:
     from dca.rag.lexical import LEXICAL_WEIGHT
 
@@ -159,9 +177,14 @@ def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, ar
             t0 = time.perf_counter()
             logits = reranker.score(q["question"], [chunks[c][1] for c in top])
             rerank_s.append(time.perf_counter() - t0)
+            fused = dict(convex_scores(dense, lexical))
             for n in args.rerank:  # the pairs are scored one by one: the first n's scores are those of a run on n
                 order = sorted(range(min(n, len(top))), key=lambda i: (-logits[i], i))
                 ranked_by[f"hybrid+rerank-{n}"] = [top[i] for i in order] + hybrid[n:]
+                ce, hy = minmax(logits[:len(order)]), minmax([fused[c] for c in top[:len(order)]])
+                for b in RERANK_MIX:
+                    mixed = sorted(range(len(order)), key=lambda i: (-(b * ce[i] + (1 - b) * hy[i]), i))
+                    ranked_by[f"hybrid+rerank-{n}-mix-{b}"] = [top[i] for i in mixed] + hybrid[n:]
         for v, ranked in ranked_by.items():
             ranks.setdefault(v, []).append(score(ranked, chunks, gold_ids, answers))
     n = len(questions)

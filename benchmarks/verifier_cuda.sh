@@ -20,6 +20,7 @@ HELDOUT=${HELDOUT:-300}
 TEST_LIMIT=${TEST_LIMIT:-500}
 K=${K:-8}
 STEPS=${STEPS:-0}
+TOOLS=${TOOLS:-}  # calculator: its replies written into the samples (verifier data and the k test samples)
 EVAL_EVERY=${EVAL_EVERY:-100}
 mkdir -p "$WORK"
 
@@ -31,6 +32,7 @@ step() {
     echo "== $name: $*"; "$@"; touch "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"
 }
 cap=(); [ "$STEPS" -gt 0 ] && cap=(--max-steps "$STEPS")
+tools=(); [ -n "$TOOLS" ] && tools=(--tools "$TOOLS")
 PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
 
 # 1. the student: the issue-6 recipe (full fine-tuning, one epoch, batch 4) on the traces with the notes kept
@@ -49,9 +51,9 @@ n=$(grep -c . "$DATA/gsm8k_train.jsonl")
 head -n $(( n - HELDOUT )) "$DATA/gsm8k_train.jsonl" > "$WORK/train-head.jsonl"
 tail -n "$HELDOUT" "$DATA/gsm8k_train.jsonl" > "$WORK/train-heldout.jsonl"
 step vdata python3 benchmarks/verifier_cuda.py data "$WORK/train-head.jsonl" -m "$S" -o "$WORK/vdata" --samples "$K" \
-    --limit "$VDATA_LIMIT" --max-tokens 256 --max-wrong 4 --force
+    --limit "$VDATA_LIMIT" --max-tokens 256 --max-wrong 4 --force "${tools[@]}"
 step heldout python3 benchmarks/verifier_cuda.py data "$WORK/train-heldout.jsonl" -m "$S" -o "$WORK/vdata-heldout" \
-    --samples "$K" --max-tokens 256 --max-wrong 4 --force
+    --samples "$K" --max-tokens 256 --max-wrong 4 --force "${tools[@]}"
 
 # 4. the outcome verifier, fine-tuned from the student on its own labelled samples
 step orm dca distill train "$WORK/vdata/orm.jsonl" -m "$S" -o "$WORK/orm" --method full --precision auto \
@@ -60,7 +62,7 @@ step orm dca distill train "$WORK/vdata/orm.jsonl" -m "$S" -o "$WORK/orm" --meth
 
 # 5. k samples of each test question: majority (maj@k), best-of-k and verifier-weighted voting, pass@k
 step wv python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" -m "$S" -o "$WORK/eval/wv$K" \
-    --limit "$TEST_LIMIT" --samples "$K" --verifier "$WORK/orm/model" --strategy weighted_vote --force
+    --limit "$TEST_LIMIT" --samples "$K" --verifier "$WORK/orm/model" --strategy weighted_vote --force "${tools[@]}"
 
 # 6. the ORM's AUROC and choices on the held-out training questions
 step auroc python3 benchmarks/verifier_cuda.py auroc "$WORK/vdata-heldout" --verifier "$WORK/orm/model" \
