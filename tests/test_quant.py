@@ -352,6 +352,21 @@ def test_token_embedding_and_output_types_override_llama_cpps_choice(llama_dir, 
     assert not list(tmp_path.glob("*both*")) and not list(tmp_path.glob(".both*"))
 
 
+def test_a_tensor_type_whose_blocks_do_not_tile_the_rows_is_refused_not_aborted(llama_dir, tmp_path):
+    # the tiny model's rows hold 64 weights: a 256-weight k-quant block cannot tile them, and llama.cpp's quantizer
+    # aborts the whole process on such an override (GGML_ASSERT); dca refuses it first, naming the flag
+    for flag, name in (("token_embedding_type", "--token-embedding-type"), ("output_tensor_type", "--output-tensor-type")):
+        with pytest.raises(ConfigError, match=rf"{name} Q4_K: .* 64 weights, .*256-weight blocks; choose one of .*Q8_0"):
+            export(ExportConfig(source=llama_dir, qtype="Q8_0", out=tmp_path / "k.gguf", **{flag: "Q4_K"}))
+        assert not list(tmp_path.iterdir())
+    f16 = export(ExportConfig(source=llama_dir, qtype="F16", out=tmp_path / "tiny.F16.gguf")).path
+    from dca.quant.quantize import quantize_gguf
+
+    with pytest.raises(ConfigError, match="--output-tensor-type Q6_K"):  # quantizing a written GGUF checks it too
+        quantize_gguf(f16, tmp_path / "q.gguf", "Q8_0", output_tensor_type="Q6_K")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.F16.gguf", "tiny.F16.manifest.json"]
+
+
 def test_tensor_type_flags_are_checked(llama_dir):
     import gguf
 
@@ -543,6 +558,52 @@ def test_lora_adapter_is_merged_before_export(llama_dir, tok, text_file, tmp_pat
     assert manifest["source"]["base"] == str(llama_dir.resolve())
     (r,) = check(CheckConfig(ggufs=[out], text_path=text_file, tokens=200, window=100, decode_tokens=0))
     assert r.top1_agreement == 1.0  # against the merged model, rebuilt from the manifest
+
+
+def _metadata_only_gguf(path: Path, file_type: int) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_file_type(file_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("base_type, qtype, warns", [
+    (15, "Q4_K_M", True), (15, "Q5_K_M", True), (2, "Q4_0", True),  # a 2-6-bit target over a quantized base
+    (15, "Q8_0", False), (15, "F16", False),  # fine enough steps, or no quantization
+    (1, "Q4_K_M", False), (0, "Q4_K_M", False), (7, "Q4_K_M", False),  # an F16, F32 or Q8_0 base
+])
+def test_requantization_warning_names_the_base_type_and_the_way_out(tmp_path, base_type, qtype, warns):
+    from dca.quant.export import requantization_warning
+
+    msg = requantization_warning(_metadata_only_gguf(tmp_path / "base.gguf", base_type), qtype)
+    assert (msg is not None) == warns
+    if warns:
+        base_name = {15: "Q4_K_M", 2: "Q4_0"}[base_type]
+        assert f"is {base_name}" in msg and f"to {qtype}" in msg and "-t Q8_0" in msg
+    assert requantization_warning(tmp_path, qtype) is None  # an HF directory base
+
+
+def test_adapter_over_a_quantized_gguf_base_warns_on_requantization(llama_dir, tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = export(ExportConfig(source=llama_dir, qtype="Q4_0", out=tmp_path / "base.Q4_0.gguf")).path
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=base.name),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    run = tmp_path / "run"
+    model.save_pretrained(run / "adapter")
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(tmp_path)  # transformers names the directory: the GGUF is given with --base-path, as users do
+    low = export(ExportConfig(source=run, base=base, qtype="Q4_0", out=tmp_path / "student.Q4_0.gguf"))
+    assert len(low.warnings) == 1 and "base.Q4_0.gguf is Q4_0" in low.warnings[0]
+    assert read_manifest(low.path)["warnings"] == low.warnings
+    fine = export(ExportConfig(source=run, base=base, qtype="Q8_0", out=tmp_path / "student.Q8_0.gguf"))
+    assert fine.warnings == [] and "warnings" not in read_manifest(fine.path)
 
 
 def test_run_directory_records_the_base_when_the_adapter_names_a_hub_id(llama_dir, tmp_path):

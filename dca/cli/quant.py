@@ -66,6 +66,8 @@ def quant_export(
               f"{s['total']:.1f} s: load {s['load']:.1f} s, merge {s['merge']:.1f} s, write {s['write']:.1f} s, "
               f"quantize {s['quantize']:.1f} s")
     out.print(f"manifest: {result.manifest_path}")
+    for w in result.warnings:
+        err.print(f"warning: {w}", markup=False)
 
 
 @app.command("check")

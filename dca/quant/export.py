@@ -25,7 +25,7 @@ from ..errors import ConfigError, ManifestError, QuantError
 from ..paths import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, temporary_sibling
 from ..paths import read_manifest as _read
 from ..progress import Progress, ProgressFn, emitter
-from .quantize import WRITE_TYPES, normalize_qtype, normalize_tensor_type, resolve_tensor_types
+from .quantize import WRITE_TYPES, check_row_size, normalize_qtype, normalize_tensor_type, resolve_tensor_types
 from .source import LOAD_DTYPES
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class ExportResult:
         sha256: hex SHA-256 of the GGUF.
         seconds: wall time per stage: ``load``, ``merge``, ``write``, ``quantize`` (0 when not run), ``total``.
         manifest: the manifest's content.
+        warnings: what the user should know about the file (:func:`requantization_warning`), also in the manifest.
     """
 
     path: Path
@@ -150,6 +151,38 @@ class ExportResult:
     sha256: str
     seconds: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def requantization_warning(base: Path | None, qtype: str) -> str | None:
+    """Why exporting a LoRA adapter merged into the quantized GGUF ``base`` as ``qtype`` would lose the adapter, or
+    None when it would not.
+
+    A quantized base's weights lie on its quantization grid, and a LoRA adapter moves them by much less than one
+    step of a 2-6-bit grid, so quantizing base + adapter again to such a type rounds most of the adapter back onto
+    the base (measured in benchmarks/README.md: a Gemma 3 270M student trained from its Q4_K_M GGUF and exported
+    as Q4_K_M answered like the base; as Q8_0, like the student). Q8_0's steps are fine enough; F16/BF16/F32 are
+    written unquantized. Only the base's ``general.file_type`` is read.
+    """
+    from .quantize import LLAMA_CPP_TYPES
+    from .source import is_gguf
+
+    if base is None or qtype not in LLAMA_CPP_TYPES or qtype == "Q8_0" or not is_gguf(base):
+        return None
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(base).fields.get("general.file_type")
+        ftype = int(field.contents()) if field is not None else None
+    except Exception:  # an unreadable header: the load before this would have failed; say nothing here
+        return None
+    base_type = {v: k for k, v in LLAMA_CPP_TYPES.items()}.get(ftype)
+    if base_type is None or base_type == "Q8_0":
+        return None
+    return (f"the adapter's base {base.name} is {base_type}: its weights lie on that quantization's grid and the "
+            f"adapter moves them by less than a {qtype} step, so re-quantizing base + adapter to {qtype} rounds most "
+            "of the adapter away and the student answers like its base; export -t Q8_0 (or F16) to keep it, or "
+            "train from a full-precision base")
 
 
 def _source_bytes(path: Path) -> int:
@@ -203,6 +236,14 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     step("load")
     loaded = load_source(cfg.source, base=cfg.base, dtype=cfg.dtype)
     seconds = {"load": loaded.seconds["load"], "merge": loaded.seconds["merge"], "write": 0.0, "quantize": 0.0}
+    row = getattr(loaded.model.config, "hidden_size", None)
+    for tensor_type, flag in ((cfg.token_embedding_type, "--token-embedding-type"),
+                              (cfg.output_tensor_type, "--output-tensor-type")):
+        if tensor_type and row and cfg.qtype not in WRITE_TYPES:  # before the write, not after it
+            check_row_size(tensor_type, int(row), flag, cfg.source.name)
+    warnings = [w for w in [requantization_warning(loaded.base, cfg.qtype)] if w and loaded.kind == "adapter"]
+    for w in warnings:
+        log.info("%s", w)  # the CLI prints it; the result and the manifest carry it
     direct = cfg.qtype in WRITE_TYPES
     written_type = cfg.qtype if direct else cfg.intermediate
     name = cfg.name or (loaded.base or loaded.source).name.removesuffix(".gguf")
@@ -255,10 +296,12 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         "dca_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if warnings:
+        manifest["warnings"] = warnings
     atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
     log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
     return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
-                        seconds=seconds, manifest=manifest)
+                        seconds=seconds, manifest=manifest, warnings=warnings)
 
 
 def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = None,
