@@ -52,10 +52,34 @@ def choices(rows: list[dict], scores: list[list[float]]) -> dict[str, float]:
     return {"best_of_k": best / n, "weighted_vote": weighted / n, "majority": majority / n, "pass_at_k": solved / n}
 
 
+def measure(rows: list[dict], verifier) -> dict:
+    """Score every sample of ``rows`` with ``verifier`` (a :class:`dca.assistant.verifier.Verifier`): AUROC (None when
+    every sample is right or every one wrong), the choices of :func:`choices`, seconds per question, verifier tokens."""
+    from dca.eval.stats import auroc
+
+    t0 = time.perf_counter()
+    scores = [verifier.score(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
+    seconds = time.perf_counter() - t0
+    flat = [x for ss in scores for x in ss]
+    labels = [s["correct"] for r in rows for s in r["samples"]]
+    try:
+        area = auroc(flat, labels)
+    except ValueError:  # one class only
+        area = None
+    return {"auroc": area, **choices(rows, scores), "seconds_per_question": seconds / len(rows),
+            "verifier_tokens": verifier.tokens, "samples": len(flat), "right": sum(labels)}
+
+
+def summary(name, res: dict, k: int) -> str:
+    shown = "n/a" if res["auroc"] is None else f"{res['auroc']:.3f}"
+    return (f"{name}: AUROC {shown}; accuracy best-of-{k} {res['best_of_k']:.1%}, weighted vote "
+            f"{res['weighted_vote']:.1%}, majority {res['majority']:.1%}, pass@{k} {res['pass_at_k']:.1%}; "
+            f"{res['seconds_per_question']:.1f} s a question to score")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     from dca.assistant.verifier import Verifier
-    from dca.eval.stats import auroc
 
     rows = read_jsonl(args.data_dir / "samples.jsonl", args.limit)
     k = len(rows[0]["samples"]) if rows else 0
@@ -64,17 +88,8 @@ def main(argv=None) -> None:
     results = {}
     for path in args.verifier:
         v = Verifier(path)
-        t0 = time.perf_counter()
-        scores = [v.score(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
-        seconds = time.perf_counter() - t0
-        flat = [x for ss in scores for x in ss]
-        labels = [s["correct"] for r in rows for s in r["samples"]]
-        res = {"auroc": auroc(flat, labels), **choices(rows, scores), "seconds_per_question": seconds / len(rows),
-               "verifier_tokens": v.tokens}
-        results[path] = res
-        print(f"{path}: AUROC {res['auroc']:.3f}; accuracy best-of-{k} {res['best_of_k']:.1%}, weighted vote "
-              f"{res['weighted_vote']:.1%}, majority {res['majority']:.1%}, pass@{k} {res['pass_at_k']:.1%}; "
-              f"{res['seconds_per_question']:.1f} s a question to score")
+        results[path] = res = measure(rows, v)
+        print(summary(path, res, k))
         v.close()
     write_json(args.json_out, {"data_dir": str(args.data_dir), "questions": len(rows), "k": k, "results": results})
 

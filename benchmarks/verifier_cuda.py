@@ -146,6 +146,8 @@ class BatchedHF(LLM):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if not (Path(path) / "config.json").is_file():
+            raise SystemExit(f"{path}: not a model directory (no config.json); give dca distill train's RUN/model")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tok = AutoTokenizer.from_pretrained(str(path))
@@ -289,18 +291,15 @@ class BatchedHF(LLM):
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_data(args) -> None:
     """``dca distill verifier`` with the samples drawn here in batches."""
-    from dca.assistant import Assistant, AssistantConfig
     from dca.distill.generate import load_questions
-    from dca.distill.verifier import VerifierDataConfig, make_verifier_data
+    from dca.distill.verifier import Sampler, VerifierDataConfig, make_verifier_data
 
     cfg = VerifierDataConfig(args.questions, args.out, samples=args.samples, limit=args.limit,
                              max_tokens=args.max_tokens, max_wrong=args.max_wrong, seed=args.seed, force=args.force,
                              tools=args.tools)
     llm = BatchedHF(args.model)
-    bot = Assistant(model=llm, config=AssistantConfig(
-        samples=cfg.samples, sample_temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-        repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, think=False, top_k=0, history_turns=0,
-        strategy="self_consistency", tools=cfg.tools))
+    bot = Sampler(llm, samples=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                  repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, tools=cfg.tools).bot
     questions = [q for q in load_questions(cfg.questions)[0] if q.gold is not None][:cfg.limit]
     t0 = time.perf_counter()
     llm.prefill([bot.answer_prompt(q.question) for q in questions], n=cfg.samples, max_tokens=cfg.max_tokens,
@@ -354,29 +353,14 @@ def cmd_eval(args) -> None:
 
 def cmd_auroc(args) -> None:
     """benchmarks/verifier_auroc.py for a verifier directory."""
-    from verifier_auroc import choices
+    from verifier_auroc import measure, summary
 
     from dca.assistant.verifier import Verifier
-    from dca.eval.stats import auroc
 
     rows = read_jsonl(args.data_dir / "samples.jsonl", args.limit)
-    v = Verifier(BatchedHF(args.verifier))
-    t0 = time.perf_counter()
-    scores = [v.score(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
-    flat = [x for ss in scores for x in ss]
-    labels = [s["correct"] for r in rows for s in r["samples"]]
     k = len(rows[0]["samples"])
-    try:
-        area = auroc(flat, labels)
-    except ValueError:  # every sample right, or every one wrong
-        area = None
-    res = {"auroc": area, **choices(rows, scores),
-           "seconds_per_question": (time.perf_counter() - t0) / len(rows), "samples": len(flat),
-           "right": sum(labels), "questions": len(rows), "k": k}
-    shown = "n/a" if area is None else f"{area:.3f}"
-    print(f"{args.verifier} on {args.data_dir}: AUROC {shown} ({len(flat)} samples, {sum(labels)} right); "
-          f"best-of-{k} {res['best_of_k']:.1%}, weighted vote {res['weighted_vote']:.1%}, majority "
-          f"{res['majority']:.1%}, pass@{k} {res['pass_at_k']:.1%}")
+    res = {**measure(rows, Verifier(BatchedHF(args.verifier))), "questions": len(rows), "k": k}
+    print(f"{summary(args.verifier, res, k)} ({res['samples']} samples, {res['right']} right, {args.data_dir})")
     write_json(args.json_out, res)
 
 

@@ -25,7 +25,7 @@ from ..errors import ConfigError, ManifestError, QuantError
 from ..paths import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, temporary_sibling
 from ..paths import read_manifest as _read
 from ..progress import Progress, ProgressFn, emitter
-from .quantize import WRITE_TYPES, check_row_size, normalize_qtype, normalize_tensor_type, resolve_tensor_types
+from .quantize import WRITE_TYPES, check_row_sizes, normalize_qtype, normalize_tensor_type, resolve_tensor_types
 from .source import LOAD_DTYPES
 
 log = logging.getLogger(__name__)
@@ -237,11 +237,10 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     loaded = load_source(cfg.source, base=cfg.base, dtype=cfg.dtype)
     seconds = {"load": loaded.seconds["load"], "merge": loaded.seconds["merge"], "write": 0.0, "quantize": 0.0}
     row = getattr(loaded.model.config, "hidden_size", None)
-    for tensor_type, flag in ((cfg.token_embedding_type, "--token-embedding-type"),
-                              (cfg.output_tensor_type, "--output-tensor-type")):
-        if tensor_type and row and cfg.qtype not in WRITE_TYPES:  # before the write, not after it
-            check_row_size(tensor_type, int(row), flag, cfg.source.name)
-    warnings = [w for w in [requantization_warning(loaded.base, cfg.qtype)] if w and loaded.kind == "adapter"]
+    if row and cfg.qtype not in WRITE_TYPES:  # before the write, not after it
+        check_row_sizes(int(row), cfg.source.name, cfg.token_embedding_type, cfg.output_tensor_type)
+    warning = requantization_warning(loaded.base, cfg.qtype) if loaded.kind == "adapter" else None
+    warnings = [warning] if warning else []
     for w in warnings:
         log.info("%s", w)  # the CLI prints it; the result and the manifest carry it
     direct = cfg.qtype in WRITE_TYPES

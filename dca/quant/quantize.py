@@ -98,12 +98,14 @@ def resolve_tensor_types(token_embedding_type: str | None, output_tensor_type: s
     return embedding, embedding
 
 
-def check_row_size(tensor_type: str, row: int, flag: str, source: object) -> None:
-    """Refuse a per-tensor type whose blocks do not tile ``row`` weights: llama.cpp's quantizer aborts the process
-    on such a type (``GGML_ASSERT ... tensor row size not divisible by block size``) instead of returning an error.
+def check_row_sizes(row: int, source: object, token_embedding_type: str | None = None,
+                    output_tensor_type: str | None = None) -> None:
+    """Refuse a per-tensor type whose blocks do not tile the embedding and output matrices' rows of ``row`` weights:
+    llama.cpp's quantizer aborts the process on such a type (``GGML_ASSERT ... tensor row size not divisible by
+    block size``) instead of returning an error.
 
     Raises:
-        ConfigError: ``row`` is not a multiple of the type's block size; the message names ``flag`` and the
+        ConfigError: ``row`` is not a multiple of a given type's block size; the message names the flag and the
             types whose blocks fit.
     """
     import gguf
@@ -111,11 +113,13 @@ def check_row_size(tensor_type: str, row: int, flag: str, source: object) -> Non
     def block(name: str) -> int:
         return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(TENSOR_TYPES[name])][0]
 
-    if row % block(tensor_type):
-        fits = [t for t in TENSOR_TYPES if row % block(t) == 0]
-        raise ConfigError(f"{flag} {tensor_type}: the rows of {source}'s embedding and output matrices hold {row} "
-                          f"weights, not a whole number of {tensor_type}'s {block(tensor_type)}-weight blocks; "
-                          f"choose one of {', '.join(fits)}")
+    for tensor_type, flag in ((token_embedding_type, "--token-embedding-type"),
+                              (output_tensor_type, "--output-tensor-type")):
+        if tensor_type and row % block(tensor_type):
+            fits = [t for t in TENSOR_TYPES if row % block(t) == 0]
+            raise ConfigError(f"{flag} {tensor_type}: the rows of {source}'s embedding and output matrices hold {row} "
+                              f"weights, not a whole number of {tensor_type}'s {block(tensor_type)}-weight blocks; "
+                              f"choose one of {', '.join(fits)}")
 
 
 def _embedding_length(path: Path) -> int | None:
@@ -150,7 +154,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
         output_tensor_type: a name of :data:`TENSOR_TYPES`, or None for llama.cpp's choice.
 
     Raises:
-        ConfigError: a per-tensor type whose blocks do not tile the matrices' rows (:func:`check_row_size`).
+        ConfigError: a per-tensor type whose blocks do not tile the matrices' rows (:func:`check_row_sizes`).
         MissingDependencyError: llama-cpp-python is not installed.
         QuantError: llama.cpp failed (unreadable input, unsupported architecture, a write error).
     """
@@ -158,10 +162,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
 
     row = _embedding_length(src) if token_embedding_type or output_tensor_type else None
     if row:
-        for tensor_type, flag in ((token_embedding_type, "--token-embedding-type"),
-                                  (output_tensor_type, "--output-tensor-type")):
-            if tensor_type:
-                check_row_size(tensor_type, row, flag, src.name)
+        check_row_sizes(row, src.name, token_embedding_type, output_tensor_type)
 
     log.info("quantizing %s -> %s (%s)", src, dst, qtype)
     try:
