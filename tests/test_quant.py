@@ -138,12 +138,13 @@ def hf_logits(model, ids) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def gguf_logits(path: Path, ids) -> np.ndarray:
+def gguf_logits(path: Path, ids, lora: Path | None = None) -> np.ndarray:
     import llama_cpp
 
     # F32 KV cache (llama.cpp's default is F16) so that F32 exports can be compared tightly
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(ids) + 8, n_batch=len(ids) + 8, n_ubatch=len(ids) + 8,
-                          logits_all=True, n_threads=1, verbose=False, type_k=0, type_v=0)
+                          logits_all=True, n_threads=1, verbose=False, type_k=0, type_v=0,
+                          lora_path=str(lora) if lora else None)
     try:
         llm.eval(ids)
         return np.array(llm.scores[:len(ids)])
@@ -524,14 +525,17 @@ def test_rope_scaling(tok, tmp_path, rope):
 # -- LoRA ----------------------------------------------------------------------------------------------------
 
 
-def test_lora_adapter_is_merged_before_export(llama_dir, tok, text_file, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-    base = AutoModelForCausalLM.from_pretrained(llama_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    batch = torch.tensor([text_ids(tok)[:64]])
+
+def train_lora(base, tok, **lora):
+    """``base`` wrapped in a peft LoRA adapter (all projections unless ``target_modules`` is given) after 4 AdamW
+    steps on SENTENCES' tokens in reverse order (new to the base); asserts the loss fell."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(**{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                               "target_modules": ALL_PROJECTIONS, **lora}))
+    batch = torch.tensor([text_ids(tok)[::-1][:64]])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(4):
@@ -541,6 +545,13 @@ def test_lora_adapter_is_merged_before_export(llama_dir, tok, text_file, tmp_pat
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+    return model
+
+
+def test_lora_adapter_is_merged_before_export(llama_dir, tok, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = train_lora(AutoModelForCausalLM.from_pretrained(llama_dir), tok)
     run = tmp_path / "run"
     model.save_pretrained(run / "adapter")  # a training run directory: RUN/adapter/adapter_config.json
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(llama_dir)
@@ -560,6 +571,96 @@ def test_lora_adapter_is_merged_before_export(llama_dir, tok, text_file, tmp_pat
     assert r.top1_agreement == 1.0  # against the merged model, rebuilt from the manifest
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_lora_adapter_kept_apart_is_applied_by_llama_cpp_as_peft_applies_it(llama_dir, tok, tmp_path, arch):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from dca.llm import LlamaCppLLM
+    from dca.llm.sampling import sample_parallel
+
+    if arch == "gemma3":  # no q/k permutation, Gemma's norms; a SentencePiece-style vocabulary
+        tok = sentencepiece_style_tokenizer()
+        base_dir = save(tiny_gemma3(tok, sliding_window=8), tok, tmp_path / "gemma3")
+    else:  # q/k rows permuted: so must the rows of their lora_b be
+        base_dir = llama_dir
+    # rsLoRA and rank/alpha patterns: four different peft scales, one alpha in the GGUF
+    model = train_lora(AutoModelForCausalLM.from_pretrained(base_dir), tok, use_rslora=True,
+                       rank_pattern={"o_proj": 2}, alpha_pattern={"v_proj": 2})
+    run = tmp_path / "run"
+    model.save_pretrained(run / "adapter")
+    result = export(ExportConfig(source=run, qtype="F32", out=tmp_path / "student.F32.gguf", adapter_mode="separate"))
+    assert result.lora_path == tmp_path / "student.F32.lora.gguf"
+    reader = gguf.GGUFReader(result.lora_path)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    assert reader.fields["general.architecture"].contents() == arch
+    assert reader.fields["adapter.lora.alpha"].contents() == pytest.approx(8 / 2 * 4)  # alpha / sqrt(r) * r
+    names = {t.name for t in reader.tensors}
+    n_layers = model.config.num_hidden_layers
+    assert len(names) == 2 * 7 * n_layers and {"blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b"} <= names
+    lora = read_manifest(result.path)["lora"]
+    assert (lora["rank"], lora["weights"], lora["type"]) == (4, 7 * n_layers, "F32")
+
+    ids = text_ids(tok)
+    ref_base = hf_logits(AutoModelForCausalLM.from_pretrained(base_dir).eval(), ids)
+    ref = hf_logits(model.merge_and_unload().eval(), ids)
+    assert np.abs(ref - ref_base).max() > 0.05 * np.abs(ref).max()  # the adapter changed the model
+    tol = 5e-4 if arch == "gemma3" else TOL_F32
+    assert_logits_match(ref_base, gguf_logits(result.path, ids), tol)  # OUT.gguf: the base alone
+    assert_logits_match(ref, gguf_logits(result.path, ids, lora=result.lora_path), tol)
+
+    llm = LlamaCppLLM(result.path, n_ctx=256)  # finds the adapter through the manifest
+    try:
+        assert llm.lora_path == result.lora_path.resolve()
+        prompt = tok.decode(ids[:20])
+        greedy = "".join(llm.generate(prompt, max_tokens=16))
+        # the parallel sampler's own llama.cpp context applies the adapter too
+        assert [o.text for o in sample_parallel(llm.llama, prompt, n=2, max_tokens=16, temperature=0)] == [greedy] * 2
+    finally:
+        llm.close()
+    (r,) = check(CheckConfig(ggufs=[result.path], text_path=None, tokens=60, window=60, decode_tokens=0))
+    assert r.top1_agreement == 1.0  # against the merged model, rebuilt from the manifest
+
+
+def test_adapters_llama_cpp_cannot_apply_at_run_time_are_merged_or_refused(llama_dir, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from dca.quant.source import unseparable_reason
+
+    model = train_lora(AutoModelForCausalLM.from_pretrained(llama_dir), tok, modules_to_save=["lm_head"])
+    run = tmp_path / "run"
+    model.save_pretrained(run / "adapter")
+    assert "lm_head" in unseparable_reason(run / "adapter")
+    with pytest.raises(ConfigError, match="--adapter-mode merge"):
+        export(ExportConfig(source=run, qtype="F16", out=tmp_path / "a.gguf", adapter_mode="separate"))
+    assert export(ExportConfig(source=run, qtype="F16", out=tmp_path / "b.gguf")).lora_path is None  # auto: merged
+    with pytest.raises(ConfigError, match="is a whole model"):
+        export(ExportConfig(source=llama_dir, qtype="F16", out=tmp_path / "c.gguf", adapter_mode="separate"))
+    with pytest.raises(ConfigError, match="--adapter-mode must be one of"):
+        ExportConfig(source=run, adapter_mode="apart")
+
+
+def test_a_missing_adapter_file_is_named_when_the_base_is_loaded(llama_dir, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from dca.errors import ModelError
+    from dca.llm import LlamaCppLLM
+
+    model = train_lora(AutoModelForCausalLM.from_pretrained(llama_dir), tok, target_modules=["q_proj"])
+    run = tmp_path / "run"
+    model.save_pretrained(run / "adapter")
+    result = export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", adapter_mode="separate"))
+    with pytest.raises(ConfigError, match="exists; pass --force"):  # the adapter beside OUT counts as OUT
+        export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", adapter_mode="separate"))
+    result.lora_path.unlink()
+    with pytest.raises(ModelError, match=r"s\.lora\.gguf is missing.*put the adapter beside it"):
+        LlamaCppLLM(result.path, n_ctx=64)
+    merged = export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", force=True))
+    assert merged.lora_path is None and "lora" not in merged.manifest
+    LlamaCppLLM(merged.path, n_ctx=64).close()  # a whole model again: no adapter asked for
+
+
 def _metadata_only_gguf(path: Path, file_type: int) -> Path:
     import gguf
 
@@ -573,7 +674,8 @@ def _metadata_only_gguf(path: Path, file_type: int) -> Path:
 
 
 @pytest.mark.parametrize("base_type, qtype, warns", [
-    (15, "Q4_K_M", True), (15, "Q5_K_M", True), (2, "Q4_0", True),  # a 2-6-bit target over a quantized base
+    (15, "Q4_K_M", True), (2, "Q4_0", True),  # a 2-6-bit target of the base's own type: each tensor on its grid
+    (15, "Q5_K_M", False), (3, "Q4_K_M", False),  # another type: the rounding does not return to the base
     (15, "Q8_0", False), (15, "F16", False),  # fine enough steps, or no quantization
     (1, "Q4_K_M", False), (0, "Q4_K_M", False), (7, "Q4_K_M", False),  # an F16, F32 or Q8_0 base
 ])
@@ -583,27 +685,45 @@ def test_requantization_warning_names_the_base_type_and_the_way_out(tmp_path, ba
     msg = requantization_warning(_metadata_only_gguf(tmp_path / "base.gguf", base_type), qtype)
     assert (msg is not None) == warns
     if warns:
-        base_name = {15: "Q4_K_M", 2: "Q4_0"}[base_type]
-        assert f"is {base_name}" in msg and f"to {qtype}" in msg and "-t Q8_0" in msg
+        assert f"is {qtype} too" in msg and "-t Q8_0" in msg and "--adapter-mode separate" in msg
     assert requantization_warning(tmp_path, qtype) is None  # an HF directory base
 
 
-def test_adapter_over_a_quantized_gguf_base_warns_on_requantization(llama_dir, tok, tmp_path):
-    from peft import LoraConfig, get_peft_model
+def test_adapter_over_a_quantized_gguf_base_is_kept_apart_or_warns_on_requantization(llama_dir, tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base = export(ExportConfig(source=llama_dir, qtype="Q4_0", out=tmp_path / "base.Q4_0.gguf")).path
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=base.name),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model = train_lora(AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=base.name), tok)
     run = tmp_path / "run"
     model.save_pretrained(run / "adapter")
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(tmp_path)  # transformers names the directory: the GGUF is given with --base-path, as users do
-    low = export(ExportConfig(source=run, base=base, qtype="Q4_0", out=tmp_path / "student.Q4_0.gguf"))
-    assert len(low.warnings) == 1 and "base.Q4_0.gguf is Q4_0" in low.warnings[0]
-    assert read_manifest(low.path)["warnings"] == low.warnings
+    merged = export(ExportConfig(source=run, base=base, qtype="Q4_0", out=tmp_path / "merged.Q4_0.gguf",
+                                 adapter_mode="merge"))
+    assert len(merged.warnings) == 1 and "base.Q4_0.gguf is Q4_0 too" in merged.warnings[0]
+    assert read_manifest(merged.path)["warnings"] == merged.warnings and merged.lora_path is None
+    # auto (the default): merging would lose the adapter, so it is kept apart, over the base's own tensors
+    apart = export(ExportConfig(source=run, base=base, qtype="Q4_0", out=tmp_path / "student.Q4_0.gguf"))
+    assert apart.warnings == [] and apart.lora_path == tmp_path / "student.Q4_0.lora.gguf"
+    assert read_manifest(apart.path)["lora"]["gguf"] == "student.Q4_0.lora.gguf"
+    assert read_manifest(apart.path)["tensors_from"] == str(base.resolve())
+    import gguf
+
+    ours, theirs = ({t.name: (t.tensor_type, bytes(t.data)) for t in gguf.GGUFReader(f).tensors}
+                    for f in (apart.path, base))
+    assert ours == theirs  # byte for byte: the weights the adapter was trained over, not re-quantized
+    ids = text_ids(tok)
+    ref_base = hf_logits(AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=base.name).eval(), ids)
+    ref = hf_logits(model.merge_and_unload().eval(), ids)
+    scale = np.abs(ref).max()
+    # llama.cpp runs Q4_0 with 8-bit activations: the base's own distance from transformers is the floor
+    floor = np.abs(gguf_logits(base, ids) - ref_base).max()
+    with_adapter = np.abs(gguf_logits(apart.path, ids, lora=apart.lora_path) - ref).max()
+    assert with_adapter <= max(2 * floor, TOL_F16 * scale), (with_adapter, floor)
+    assert np.abs(ref - ref_base).max() > 10 * with_adapter  # the adapter matters, and llama.cpp applies it
+    assert np.abs(gguf_logits(merged.path, ids) - ref).max() > 5 * with_adapter  # merging lost much of it
     fine = export(ExportConfig(source=run, base=base, qtype="Q8_0", out=tmp_path / "student.Q8_0.gguf"))
-    assert fine.warnings == [] and "warnings" not in read_manifest(fine.path)
+    assert fine.warnings == [] and "warnings" not in read_manifest(fine.path) and fine.lora_path is None
 
 
 def test_run_directory_records_the_base_when_the_adapter_names_a_hub_id(llama_dir, tmp_path):

@@ -42,12 +42,13 @@ def quant_export(
     threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads \\[default: all]."),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", help="Tensor type of the token embedding (token_embd.weight), as llama-quantize's flag: F16 | Q8_0 | Q6_K | Q4_K ... \\[default: llama.cpp's choice for --type]."),
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Tensor type of the output matrix (output.weight) likewise; a model whose output is tied to the embedding has one tensor, set by either flag."),
+    adapter_mode: Optional[str] = typer.Option(None, "--adapter-mode", help=with_default("A LoRA adapter: merge (one model) | separate (the base as OUT.gguf, the adapter as OUT.lora.gguf, applied by llama.cpp at run time) | auto (separate where merging would lose it: a quantized GGUF base exported to its own 2-6-bit type).", ExportConfig, "adapter_mode")),
     force: bool = typer.Option(False, "--force", help="Replace an existing -o/--out file.", metavar=""),
     config_path: Optional[Path] = config_option("ExportConfig"),
 ):
-    """Export a model to GGUF: merge a LoRA adapter, write F16/BF16/F32, quantize with llama.cpp.
+    """Export a model to GGUF: merge a LoRA adapter (or keep it apart), write F16/BF16/F32, quantize with llama.cpp.
 
-    Writes OUT.gguf (atomically: never a partial file under that name) and OUT.manifest.json (source, base model, adapter, quant type, sizes, sha256, dca version). Supported: Llama, SmolLM/SmolLM2, Mistral, Qwen2/2.5, Qwen3. Check the result with: dca quant check OUT.gguf
+    Writes OUT.gguf (atomically: never a partial file under that name) and OUT.manifest.json (source, base model, adapter, quant type, sizes, sha256, dca version); with a LoRA adapter kept apart, also OUT.lora.gguf, which dca chat/eval/serve apply by themselves (llama.cpp: llama-cli -m OUT.gguf --lora OUT.lora.gguf). Supported: Llama, SmolLM/SmolLM2, Mistral, Qwen2/2.5, Qwen3, Gemma 3. Check the result with: dca quant check OUT.gguf
     """
     from ..config import load_config
     from ..quant import ExportConfig, export
@@ -55,7 +56,7 @@ def quant_export(
     cfg = load_config(ExportConfig, config_path, source=source, out=out_path, qtype=qtype, base=base_path, dtype=dtype,
                       intermediate=intermediate, name=name, tokenizer_pre=tokenizer_pre, threads=threads,
                       token_embedding_type=token_embedding_type, output_tensor_type=output_tensor_type,
-                      force=force or None)
+                      adapter_mode=adapter_mode, force=force or None)
     with ProgressView(err, transient=True) as view:
         try:
             result = export(cfg, progress=view)
@@ -65,6 +66,10 @@ def quant_export(
     out.print(f"wrote {result.path} ({result.qtype}, {_mb(result.size_bytes)}, sha256 {result.sha256[:16]}...) in "
               f"{s['total']:.1f} s: load {s['load']:.1f} s, merge {s['merge']:.1f} s, write {s['write']:.1f} s, "
               f"quantize {s['quantize']:.1f} s")
+    if result.lora_path is not None:
+        lora = result.manifest["lora"]
+        out.print(f"LoRA adapter (applied by llama.cpp at run time over {result.path.name}): {result.lora_path} "
+                  f"(rank {lora['rank']}, {lora['weights']} weights, {_mb(lora['bytes'])})")
     out.print(f"manifest: {result.manifest_path}")
     for w in result.warnings:
         err.print(f"warning: {w}", markup=False)

@@ -35,9 +35,13 @@ class LlamaCppLLM(LLM):
             context restores the kept state of the prompt prefix it shares with earlier prompts (the system turn)
             instead of evaluating it, across processes (``dca chat`` and ``dca serve`` use
             ``$DCA_HOME/cache/prompts``). None (default): no cache, outputs independent of earlier runs.
+        lora_path: a llama.cpp LoRA adapter GGUF applied over the model at run time (``llama-cli --lora``); None
+            takes the one ``dca quant export`` wrote beside ``model_path`` when it kept a student's adapter apart
+            (:func:`~dca.llm.registry.exported_lora`), else none.
 
     Attributes:
         template: the :class:`~dca.llm.templates.ChatTemplate` in use (its ``source`` says where it came from).
+        lora_path: the LoRA adapter GGUF applied, or None.
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
@@ -53,14 +57,21 @@ class LlamaCppLLM(LLM):
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, name: str | None = None,
-                 chat_template: str | Path | None = None, prompt_cache: str | Path | None = None):
+                 chat_template: str | Path | None = None, prompt_cache: str | Path | None = None,
+                 lora_path: str | Path | None = None):
+        from .registry import exported_lora
+
         llama_cpp = import_llama_cpp()
         route_llama_cpp_log()
         self.path = Path(model_path).expanduser().resolve()
+        self.lora_path = Path(lora_path).expanduser().resolve() if lora_path else exported_lora(self.path)
+        if self.lora_path is not None and not self.lora_path.is_file():
+            raise ModelError(f"LoRA adapter {self.lora_path} does not exist")
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers, seed=seed, verbose=False,
+                lora_path=str(self.lora_path) if self.lora_path else None,
                 # flash attention: cheaper batched decoding of parallel samples (dca.llm.sampling) on the CPU too
                 flash_attn=True,
             )
@@ -68,6 +79,9 @@ class LlamaCppLLM(LLM):
             from .registry import check_gguf
 
             check_gguf(self.path)  # a missing file or one that is no GGUF gets its own message
+            if self.lora_path is not None and "LoRA" in str(e):
+                raise ModelError(f"llama.cpp could not apply the LoRA adapter {self.lora_path} to {self.path} ({e}); "
+                                 "the adapter may belong to another base model, or be corrupt") from e
             raise ModelError(f"{self.path}: llama.cpp could not load this GGUF ({e}); the file may be corrupt, "
                              "truncated, or of an architecture this llama.cpp build does not know") from e
         meta = self.llama.metadata
@@ -83,7 +97,7 @@ class LlamaCppLLM(LLM):
         if prompt_cache is not None:
             from .prompt_cache import PromptCache
 
-            self._prompt_cache = PromptCache(prompt_cache, self.path, self.context_length)
+            self._prompt_cache = PromptCache(prompt_cache, self.path, self.context_length, adapter=self.lora_path)
 
     def _token_text(self, token: int) -> str:
         if token < 0:

@@ -75,6 +75,13 @@ class SequenceContext:
         self.n_vocab = llama.n_vocab()
         self._vocab = llama._model.vocab
         self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        adapter = getattr(llama, "_lora_adapter", None)
+        if adapter is not None:  # the LoRA adapter the Llama applies (lora_path), on this context too
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(llama.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
+                self._ctx.close()
+                raise RuntimeError(f"llama.cpp could not set the LoRA adapter {llama.lora_path} on a new context")
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._n_outputs = 0  # rows with logits in the last decode()

@@ -53,13 +53,18 @@ class PromptCache:
         n_ctx: the context size (part of the key).
         max_entries: most states kept.
         min_tokens: the shortest prefix worth keeping.
+        adapter: the LoRA adapter GGUF applied over the model, keyed likewise (states with and without it differ).
     """
 
     def __init__(self, directory: str | Path, model_path: str | Path, n_ctx: int, *, max_entries: int = MAX_ENTRIES,
-                 min_tokens: int = MIN_TOKENS):
-        model_path = Path(model_path).resolve()
-        st = model_path.stat()
-        key = hashlib.sha256(f"{model_path}|{st.st_size}|{st.st_mtime_ns}|{n_ctx}".encode()).hexdigest()[:16]
+                 min_tokens: int = MIN_TOKENS, adapter: str | Path | None = None):
+        ident = []
+        for path in (model_path, adapter):
+            if path is not None:
+                path = Path(path).resolve()
+                st = path.stat()
+                ident.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
+        key = hashlib.sha256(f"{'|'.join(ident)}|{n_ctx}".encode()).hexdigest()[:16]
         self.dir = Path(directory).expanduser() / key
         self.max_entries, self.min_tokens = max_entries, min_tokens
 

@@ -17,6 +17,37 @@ from ..paths import atomic_write_text, dca_home, read_manifest
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
+#: the ``format`` of the manifest ``dca quant export`` writes beside a GGUF (:func:`export_manifest_path`).
+EXPORT_MANIFEST_FORMAT = "dca-quant-export"
+
+
+def export_manifest_path(gguf_path: str | Path) -> Path:
+    """The manifest ``dca quant export`` writes beside a GGUF: ``model.Q8_0.gguf`` -> ``model.Q8_0.manifest.json``."""
+    p = Path(gguf_path)
+    return p.with_name(p.name.removesuffix(".gguf") + ".manifest.json")
+
+
+def exported_lora(gguf_path: str | Path) -> Path | None:
+    """The LoRA adapter GGUF that llama.cpp applies over ``gguf_path`` at run time, when ``dca quant export`` kept a
+    student's adapter apart from its base (the manifest's ``"lora"``); None for a whole model.
+
+    Raises:
+        ModelError: the manifest names an adapter file that is missing, or the manifest is unreadable.
+    """
+    path = export_manifest_path(gguf_path)
+    try:
+        manifest = read_manifest(path) or {}
+    except ManifestError as e:
+        raise ModelError(f"{path}: unreadable export manifest ({e.reason}); fix or delete it") from e
+    name = (manifest.get("lora") or {}).get("gguf") if manifest.get("format") == EXPORT_MANIFEST_FORMAT else None
+    if not isinstance(name, str) or not name:
+        return None
+    adapter = Path(gguf_path).parent / name
+    if not adapter.is_file():
+        raise ModelError(f"{adapter} is missing: {Path(gguf_path).name} is a base whose LoRA adapter llama.cpp "
+                         f"applies at run time (its manifest {path.name} names it); put the adapter beside it or "
+                         "export the student again")
+    return adapter
 
 
 @dataclass(frozen=True)

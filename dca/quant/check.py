@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, QuantError, missing
+from ..errors import ConfigError, ModelError, QuantError, missing
+from ..llm.registry import exported_lora
 from ..progress import Progress, ProgressFn, emitter
 from .export import read_manifest
 
@@ -341,8 +342,12 @@ def check(cfg: CheckConfig, progress: ProgressFn | None = None) -> list[CheckRes
         step(f"evaluating {gguf.name}")
         n_ctx = max(len(w) for w in windows) + _DECODE_PROMPT_TOKENS + cfg.decode_tokens
         try:
+            adapter = exported_lora(gguf)  # a base whose student adapter llama.cpp applies at run time
             llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                  logits_all=True, n_threads=cfg.threads or os.cpu_count(), verbose=False)
+                                  logits_all=True, n_threads=cfg.threads or os.cpu_count(), verbose=False,
+                                  lora_path=str(adapter) if adapter else None)
+        except ModelError as e:
+            raise QuantError(str(e)) from e
         except (ValueError, RuntimeError, OSError) as e:
             raise QuantError(f"{gguf}: llama.cpp could not load it ({e})") from e
         try:

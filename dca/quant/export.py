@@ -8,7 +8,12 @@ Output contract, for ``-o OUT.gguf``:
 * ``OUT.manifest.json`` (:func:`manifest_path`): ``{"format": "dca-quant-export", "version": 1, "gguf",
   "source": {"path", "kind", "base", "adapter"}, "architecture", "gguf_architecture", "quant_type",
   "intermediate_type", "tokenizer": {"model", "pre"}, "sizes": {"gguf_bytes", "parameters", "source_bytes"},
-  "sha256", "seconds": {"load", "merge", "write", "quantize"}, "config", "dca_version", "created"}``.
+  "sha256", "seconds": {"load", "merge", "write", "quantize"}, "config", "dca_version", "created"}``, and for a
+  LoRA adapter kept apart, ``"lora": {"gguf", "bytes", "sha256", "type", "rank", "alpha", "weights", "parameters"}``.
+* ``OUT.lora.gguf`` (:func:`lora_path`), only when a LoRA adapter is kept apart (``--adapter-mode separate``, or
+  ``auto`` over a quantized GGUF base): the adapter as a llama.cpp LoRA adapter GGUF, which llama.cpp applies at
+  run time over ``OUT.gguf`` (then the base alone, with the student's tokenizer and chat template). dca's loader
+  finds it through the manifest; llama.cpp's tools take it with ``--lora``. Written atomically, before ``OUT.gguf``.
 
 An existing ``OUT.gguf`` is replaced only with ``force``.
 """
@@ -22,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ManifestError, QuantError
+from ..llm.registry import EXPORT_MANIFEST_FORMAT, export_manifest_path
 from ..paths import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, temporary_sibling
 from ..paths import read_manifest as _read
 from ..progress import Progress, ProgressFn, emitter
@@ -30,14 +36,21 @@ from .source import LOAD_DTYPES
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "dca-quant-export"
+MANIFEST_FORMAT = EXPORT_MANIFEST_FORMAT
 MANIFEST_VERSION = 1
+#: ``--adapter-mode``: how a LoRA adapter source is exported.
+ADAPTER_MODES = ("auto", "merge", "separate")
 
 
 def manifest_path(gguf_path: str | Path) -> Path:
     """The manifest beside an exported GGUF: ``model.Q8_0.gguf`` -> ``model.Q8_0.manifest.json``."""
+    return export_manifest_path(gguf_path)
+
+
+def lora_path(gguf_path: str | Path) -> Path:
+    """The LoRA adapter GGUF beside an exported base: ``model.Q4_K_M.gguf`` -> ``model.Q4_K_M.lora.gguf``."""
     p = Path(gguf_path)
-    return p.with_name((p.name.removesuffix(".gguf")) + ".manifest.json")
+    return p.with_name(p.name.removesuffix(".gguf") + ".lora.gguf")
 
 
 def read_manifest(gguf_path: str | Path) -> dict | None:
@@ -77,6 +90,11 @@ class ExportConfig:
             :data:`dca.quant.quantize.TENSOR_TYPES`). Only for llama.cpp types.
         output_tensor_type: type of the output matrix likewise (``--output-tensor-type``). When the model ties its
             output matrix to the embedding (one tensor), either flag sets that tensor.
+        adapter_mode: for a LoRA adapter source (``--adapter-mode``): ``merge`` writes base + adapter as one model;
+            ``separate`` writes the base as ``out`` and the adapter beside it (:func:`lora_path`) for llama.cpp to
+            apply at run time; ``auto`` (default) is ``separate`` where merging would lose the adapter (a quantized
+            GGUF base exported to its own 2-6-bit type: :func:`requantization_warning`) and the adapter is LoRA
+            pairs on linear weights only, else ``merge``.
         force: replace an existing ``out`` (``--force``).
 
     Raises:
@@ -94,6 +112,7 @@ class ExportConfig:
     threads: int | None = None
     token_embedding_type: str | None = None
     output_tensor_type: str | None = None
+    adapter_mode: str = "auto"
     force: bool = False
 
     def __post_init__(self):
@@ -115,6 +134,8 @@ class ExportConfig:
             if self.qtype in WRITE_TYPES:
                 raise ConfigError(f"{flag} applies to llama.cpp's types (Q8_0, Q4_K_M...), not to --type "
                                   f"{self.qtype}, which dca writes whole in one type")
+        if self.adapter_mode not in ADAPTER_MODES:
+            raise ConfigError(f"--adapter-mode must be one of {', '.join(ADAPTER_MODES)}, got {self.adapter_mode!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.base is not None:
@@ -142,6 +163,7 @@ class ExportResult:
         seconds: wall time per stage: ``load``, ``merge``, ``write``, ``quantize`` (0 when not run), ``total``.
         manifest: the manifest's content.
         warnings: what the user should know about the file (:func:`requantization_warning`), also in the manifest.
+        lora_path: the LoRA adapter GGUF written beside ``path`` (:func:`lora_path`), or None.
     """
 
     path: Path
@@ -152,6 +174,7 @@ class ExportResult:
     seconds: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    lora_path: Path | None = None
 
 
 def requantization_warning(base: Path | None, qtype: str) -> str | None:
@@ -159,30 +182,40 @@ def requantization_warning(base: Path | None, qtype: str) -> str | None:
     None when it would not.
 
     A quantized base's weights lie on its quantization grid, and a LoRA adapter moves them by much less than one
-    step of a 2-6-bit grid, so quantizing base + adapter again to such a type rounds most of the adapter back onto
-    the base (measured in benchmarks/README.md: a Gemma 3 270M student trained from its Q4_K_M GGUF and exported
-    as Q4_K_M answered like the base; as Q8_0, like the student). Q8_0's steps are fine enough; F16/BF16/F32 are
-    written unquantized. Only the base's ``general.file_type`` is read.
+    step of a 2-6-bit grid, so quantizing base + adapter again with the base's own type (llama.cpp then gives every
+    tensor the type it has in the base) rounds most of the adapter back onto the base (measured in
+    benchmarks/README.md: a Gemma 3 270M student trained from its Q4_K_M GGUF and merged into Q4_K_M answered like
+    the base; as Q8_0, like the student). Into another type the rounding does not return to the base's values and the
+    adapter survives as well as it does at run time (measured: a SmolLM2 student over the Q4_1 base merged into
+    Q4_K_M, top-1 89.8% / KL 0.044 against the fp32 student; kept apart, 90.2% / 0.046). Q8_0's steps are fine
+    enough; F16/BF16/F32 are written unquantized. Only the base's ``general.file_type`` is read.
     """
+    from .quantize import LLAMA_CPP_TYPES
+
+    if base is None or qtype not in LLAMA_CPP_TYPES or qtype == "Q8_0" or gguf_quant_type(base) != qtype:
+        return None
+    return (f"the adapter's base {base.name} is {qtype} too: its weights lie on that quantization's grid and the "
+            f"adapter moves them by less than a step, so re-quantizing base + adapter to {qtype} rounds most of the "
+            "adapter away and the student answers like its base; keep the adapter apart (--adapter-mode separate), "
+            "export -t Q8_0 (or F16), or train from a full-precision base")
+
+
+def gguf_quant_type(path: Path) -> str | None:
+    """The llama.cpp quantization type (``general.file_type``, e.g. ``"Q4_K_M"``) of the GGUF ``path``; None for a
+    directory, an F32/F16/BF16 file, or a header that cannot be read."""
     from .quantize import LLAMA_CPP_TYPES
     from .source import is_gguf
 
-    if base is None or qtype not in LLAMA_CPP_TYPES or qtype == "Q8_0" or not is_gguf(base):
+    if not is_gguf(path):
         return None
     import gguf
 
     try:
-        field = gguf.GGUFReader(base).fields.get("general.file_type")
+        field = gguf.GGUFReader(path).fields.get("general.file_type")
         ftype = int(field.contents()) if field is not None else None
     except Exception:  # an unreadable header: the load before this would have failed; say nothing here
         return None
-    base_type = {v: k for k, v in LLAMA_CPP_TYPES.items()}.get(ftype)
-    if base_type is None or base_type == "Q8_0":
-        return None
-    return (f"the adapter's base {base.name} is {base_type}: its weights lie on that quantization's grid and the "
-            f"adapter moves them by less than a {qtype} step, so re-quantizing base + adapter to {qtype} rounds most "
-            "of the adapter away and the student answers like its base; export -t Q8_0 (or F16) to keep it, or "
-            "train from a full-precision base")
+    return {v: k for k, v in LLAMA_CPP_TYPES.items()}.get(ftype)
 
 
 def _source_bytes(path: Path) -> int:
@@ -195,8 +228,9 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     """Export ``cfg.source`` to the GGUF ``cfg.out`` in ``cfg.qtype``, with a manifest beside it.
 
     Stages: load (transformers; a GGUF source is dequantized), merge (LoRA, ``merge_and_unload`` in
-    ``cfg.dtype``), write (dca's GGUF writer, :mod:`dca.quant.gguf_writer`), quantize (llama.cpp's
-    ``llama_model_quantize``, for types other than F32/F16/BF16).
+    ``cfg.dtype``; or, with the adapter kept apart, its matrices written as a LoRA adapter GGUF), write (dca's GGUF
+    writer, :mod:`dca.quant.gguf_writer`), quantize (llama.cpp's ``llama_model_quantize``, for types other than
+    F32/F16/BF16).
 
     Args:
         cfg: the settings.
@@ -207,23 +241,25 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         The paths, size, checksum and stage timings.
 
     Raises:
-        ConfigError: ``cfg.out`` exists and ``cfg.force`` is False, or the model ties its output matrix to its
-            token embedding and ``cfg`` gives them different types.
+        ConfigError: ``cfg.out`` (or its LoRA adapter GGUF) exists and ``cfg.force`` is False; the model ties its
+            output matrix to its token embedding and ``cfg`` gives them different types; ``--adapter-mode
+            separate`` for a source that is no LoRA adapter.
         QuantError: the source cannot be loaded or written (see :func:`dca.quant.source.load_source` and
             :func:`dca.quant.gguf_writer.write_gguf`), llama.cpp failed, or the disk is full; nothing is left
             under ``cfg.out`` then.
         MissingDependencyError: transformers, gguf, peft or llama-cpp-python is missing.
     """
     from .. import __version__
-    from .gguf_writer import require_gguf, write_gguf
+    from .gguf_writer import require_gguf, write_gguf, write_lora_gguf
     from .quantize import quantize_gguf
     from .source import load_source
 
     out = cfg.out
-    if (out.exists() or manifest_path(out).exists()) and not cfg.force:
+    if (out.exists() or manifest_path(out).exists() or lora_path(out).exists()) and not cfg.force:
         raise ConfigError(f"-o/--out {out} exists; pass --force to replace it, or choose another file")
+    separate = _keeps_adapter_apart(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for tmp in remove_stale_temporaries(out):
+    for tmp in remove_stale_temporaries(out) + remove_stale_temporaries(lora_path(out)):
         log.info("removed %s, left by an interrupted export", tmp)
     require_gguf()  # fail before the slow load, not after it
     emit = emitter(progress)
@@ -234,20 +270,37 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     t_start = time.perf_counter()
 
     step("load")
-    loaded = load_source(cfg.source, base=cfg.base, dtype=cfg.dtype)
+    loaded = load_source(cfg.source, base=cfg.base, dtype=cfg.dtype, merge=not separate)
     seconds = {"load": loaded.seconds["load"], "merge": loaded.seconds["merge"], "write": 0.0, "quantize": 0.0}
     row = getattr(loaded.model.config, "hidden_size", None)
     if row and cfg.qtype not in WRITE_TYPES:  # before the write, not after it
         check_row_sizes(int(row), cfg.source.name, cfg.token_embedding_type, cfg.output_tensor_type)
-    warning = requantization_warning(loaded.base, cfg.qtype) if loaded.kind == "adapter" else None
+    warning = requantization_warning(loaded.base, cfg.qtype) if loaded.kind == "adapter" and not separate else None
     warnings = [warning] if warning else []
     for w in warnings:
         log.info("%s", w)  # the CLI prints it; the result and the manifest carry it
-    direct = cfg.qtype in WRITE_TYPES
+    # a base kept apart from its adapter, already in the type asked for: its own tensors, byte for byte (the very
+    # weights the adapter was trained over; quantizing their dequantized values again moves some of them)
+    tensors_from = loaded.base if separate and cfg.token_embedding_type is None and cfg.output_tensor_type is None \
+        and gguf_quant_type(loaded.base) == cfg.qtype else None
+    direct = cfg.qtype in WRITE_TYPES or tensors_from is not None
     written_type = cfg.qtype if direct else cfg.intermediate
     name = cfg.name or (loaded.base or loaded.source).name.removesuffix(".gguf")
     pre = cfg.tokenizer_pre or loaded.gguf_metadata.get("tokenizer.ggml.pre")
     hf_arch = type(loaded.model).__name__
+    lora_info = None
+    lora_type = cfg.qtype if cfg.qtype in WRITE_TYPES else cfg.intermediate  # the adapter's own matrices
+    if separate:  # the adapter first: OUT appears only once its adapter is there
+        step("write")
+        try:
+            with atomic_path(lora_path(out)) as tmp_lora:
+                lora_info = write_lora_gguf(loaded.model, loaded.lora, tmp_lora, out_type=lora_type,
+                                            name=(cfg.name or cfg.source.name) + " LoRA")
+        except OSError as e:
+            raise QuantError(f"writing {lora_path(out)} failed ({e.strerror or e}); "
+                             "nothing was written under that name") from e
+    elif cfg.force:
+        lora_path(out).unlink(missing_ok=True)  # an adapter of an earlier export of OUT would not belong to it
     with atomic_path(out) as tmp_final:  # OUT appears complete, or not at all
         tmp_written = tmp_final if direct else temporary_sibling(out, written_type.lower())
         try:
@@ -255,7 +308,7 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
             t0 = time.perf_counter()
             try:
                 info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
-                                  tokenizer_pre=pre, source_vocab=loaded.gguf_metadata)
+                                  tokenizer_pre=pre, source_vocab=loaded.gguf_metadata, tensors_from=tensors_from)
             except OSError as e:
                 raise QuantError(f"writing {out} failed ({e.strerror or e}); "
                                  "nothing was written under that name") from e
@@ -286,6 +339,7 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         "gguf_architecture": info.architecture,
         "quant_type": cfg.qtype,
         "intermediate_type": None if direct else cfg.intermediate,
+        **({"tensors_from": str(tensors_from.resolve())} if tensors_from is not None else {}),
         "tokenizer": {"model": info.tokenizer_model, "pre": info.tokenizer_pre},
         "tied_embeddings": info.tied_embeddings,
         "sizes": {"gguf_bytes": size, "parameters": info.n_params, "source_bytes": _source_bytes(cfg.source)},
@@ -295,12 +349,47 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         "dca_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if lora_info is not None:
+        adapter_file = lora_path(out)
+        manifest["lora"] = {"gguf": adapter_file.name, "bytes": adapter_file.stat().st_size,
+                            "sha256": sha256_file(adapter_file),
+                            "type": lora_type,
+                            "rank": lora_info.rank, "alpha": lora_info.alpha, "weights": lora_info.n_weights,
+                            "parameters": lora_info.n_params}
     if warnings:
         manifest["warnings"] = warnings
     atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
     log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
     return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
-                        seconds=seconds, manifest=manifest, warnings=warnings)
+                        seconds=seconds, manifest=manifest, warnings=warnings,
+                        lora_path=lora_path(out) if lora_info is not None else None)
+
+
+def _keeps_adapter_apart(cfg: ExportConfig) -> bool:
+    """Whether :func:`export` writes ``cfg.source``'s LoRA adapter as its own GGUF (see ``ExportConfig.adapter_mode``).
+
+    Raises:
+        ConfigError: ``--adapter-mode separate`` for a source that is no LoRA adapter, or for an adapter llama.cpp
+            cannot apply at run time.
+        QuantError: the adapter's base cannot be found.
+    """
+    from .source import describe_source, resolve_adapter, unseparable_reason
+
+    if cfg.adapter_mode == "merge":
+        return False
+    if describe_source(cfg.source) != "adapter":
+        if cfg.adapter_mode == "separate":
+            raise ConfigError(f"--adapter-mode separate applies to a LoRA adapter (or a training run holding one); "
+                              f"{cfg.source} is a whole model")
+        return False
+    adapter, base = resolve_adapter(cfg.source, cfg.base)
+    reason = unseparable_reason(adapter)
+    if cfg.adapter_mode == "separate":
+        if reason:
+            raise ConfigError(f"--adapter-mode separate: llama.cpp cannot apply {adapter} at run time ({reason}); "
+                              "export it with --adapter-mode merge")
+        return True
+    return reason is None and requantization_warning(base, cfg.qtype) is not None
 
 
 def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = None,
@@ -333,6 +422,13 @@ def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = N
     embedding_type, output_type = resolve_tensor_types(**types, tied=bool(source.get("tied_embeddings")), source=src)
     emitter(progress)(Progress("quantize", phase="quantize"))
     t0 = time.perf_counter()
+    adapter = source.get("lora")
+    if adapter:  # the base's LoRA adapter GGUF goes with it
+        import shutil
+
+        with atomic_path(lora_path(dst)) as tmp:
+            shutil.copyfile(src.parent / adapter["gguf"], tmp)
+        adapter = {**adapter, "gguf": lora_path(dst).name}
     with atomic_path(dst) as tmp:
         quantize_gguf(src, tmp, qtype, threads=threads, token_embedding_type=embedding_type,
                       output_tensor_type=output_type)
@@ -344,6 +440,8 @@ def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = N
                 "sizes": {**source.get("sizes", {}), "gguf_bytes": size}, "sha256": sha,
                 "seconds": {k: round(v, 3) for k, v in seconds.items()}, "dca_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if adapter:
+        manifest["lora"] = adapter
     atomic_write_text(manifest_path(dst), json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=dst, manifest_path=manifest_path(dst), qtype=qtype, size_bytes=size, sha256=sha,
-                        seconds=seconds, manifest=manifest)
+                        seconds=seconds, manifest=manifest, lora_path=lora_path(dst) if adapter else None)

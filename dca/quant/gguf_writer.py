@@ -5,6 +5,8 @@ Our own writer on gguf-py's :class:`gguf.GGUFWriter`; it follows the conventions
 :class:`gguf.TensorNameMap`, q/k rows permuted for the ``llama`` architecture, 1-D tensors in F32, the output
 matrix omitted when tied to the embeddings, rope and RMS-norm parameters, and the tokenizer (GPT-2-style
 byte-level BPE, or SentencePiece-style BPE with byte fallback) with its special tokens and chat template.
+:func:`write_lora_gguf` writes a LoRA adapter as llama.cpp's own ``convert_lora_to_gguf.py`` does, for llama.cpp to
+apply at run time over a base written by :func:`write_gguf`.
 """
 
 from __future__ import annotations
@@ -354,8 +356,34 @@ def _carry_source_vocab(vocab: dict, source: dict | None) -> None:
         vocab["add_space_prefix"] = bool(source["tokenizer.ggml.add_space_prefix"])
 
 
+def _add_tensor(w, name: str, data, out_type: str) -> None:
+    """Add the float array ``data`` to the writer ``w`` as ``out_type`` (``F32``, ``F16`` or ``BF16``)."""
+    import numpy as np
+
+    data = np.asarray(data, dtype=np.float32)
+    if out_type == "F32":
+        w.add_tensor(name, np.ascontiguousarray(data))
+    elif out_type == "F16":
+        w.add_tensor(name, np.ascontiguousarray(data.astype(np.float16)))
+    else:
+        gguf = require_gguf()
+        qtype = gguf.GGMLQuantizationType.BF16
+        w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def _write_file(w, path: Path) -> None:
+    """Write the header, metadata and tensors the writer ``w`` holds to ``path``, and close it."""
+    try:
+        w.write_header_to_file(path=Path(path))
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+
+
 def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str | None = None,
-               tokenizer_pre: str | None = None, source_vocab: dict | None = None) -> WriteInfo:
+               tokenizer_pre: str | None = None, source_vocab: dict | None = None,
+               tensors_from: Path | None = None) -> WriteInfo:
     """Write ``model`` and ``tokenizer`` to the GGUF file ``path``.
 
     Args:
@@ -370,16 +398,19 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
         source_vocab: the ``tokenizer.ggml.*`` values of the GGUF the model was read from
             (:func:`dca.quant.source.gguf_tokenizer_metadata`): a SentencePiece vocabulary's own tokens, scores and
             types are written back when the tokenizer is that vocabulary.
+        tensors_from: the GGUF ``model`` was loaded from (a quantized base): its tensors are copied byte for byte
+            instead of being written from ``model``, with its ``general.file_type``; ``out_type`` is then unused.
+            The metadata is still ``model``'s and ``tokenizer``'s (a student's chat template over its base).
 
     Returns:
         What was written.
 
     Raises:
-        QuantError: unsupported architecture, rope scaling or tokenizer; a tensor without a GGUF name.
+        QuantError: unsupported architecture, rope scaling or tokenizer; a tensor without a GGUF name; with
+            ``tensors_from``, a file whose tensor names are not those of ``model`` in llama.cpp's layout.
         OSError: the file could not be written (e.g. ``ENOSPC``); the partial file is left for the caller.
     """
     gguf = require_gguf()
-    import numpy as np
     import torch
 
     config = model.config
@@ -390,7 +421,13 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     vocab = _vocab(tokenizer, n_vocab, tokenizer_pre, config)
     _carry_source_vocab(vocab, source_vocab)
-    ftype = {"F32": 0, "F16": 1, "BF16": 32}[out_type]
+    ftype = {"F32": 0, "F16": 1, "BF16": 32}.get(out_type)
+    raw = None
+    if tensors_from is not None:
+        reader = gguf.GGUFReader(tensors_from)
+        raw = {t.name: t for t in reader.tensors}
+        field = reader.fields.get("general.file_type")
+        ftype = int(field.contents()) if field is not None else ftype
 
     w = gguf.GGUFWriter(path=None, arch=arch)
     if name:
@@ -407,12 +444,16 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
         out_emb is not None and out_emb.weight.data_ptr() == emb.data_ptr())
     n_params = 0
     n_tensors = 0
+    names = []
     for hf_name, tensor in state.items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
         new_name = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new_name is None:
             raise QuantError(f"tensor {hf_name} has no GGUF name in llama.cpp's {arch} architecture")
+        names.append(new_name)
+        if raw is not None:
+            continue
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if arch in _NORM_SHIFT and hf_name.endswith("norm.weight"):
             data = data + _NORM_SHIFT[arch]
@@ -422,23 +463,112 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
             data = permute_qk(data, n_kv)
         n_params += data.size
         n_tensors += 1
-        if data.ndim <= 1 or out_type == "F32":
-            w.add_tensor(new_name, np.ascontiguousarray(data, dtype=np.float32))
-        elif out_type == "F16":
-            w.add_tensor(new_name, np.ascontiguousarray(data.astype(np.float16)))
-        else:
-            qtype = gguf.GGMLQuantizationType.BF16
-            w.add_tensor(new_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        _add_tensor(w, new_name, data, "F32" if data.ndim <= 1 else out_type)
     if rope["rope_type"] == "llama3":
-        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                     llama3_rope_factors(rope, rope["head_dim"]))
-        n_tensors += 1
-    try:
-        w.write_header_to_file(path=Path(path))
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
+        names.append(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight")
+        if raw is None:
+            w.add_tensor(names[-1], llama3_rope_factors(rope, rope["head_dim"]))
+            n_tensors += 1
+    if raw is not None:
+        if set(names) != set(raw):
+            odd = sorted(set(names) ^ set(raw))
+            raise QuantError(f"{tensors_from} does not hold this model's tensors in llama.cpp's layout "
+                             f"({len(odd)} names differ, e.g. {', '.join(odd[:3])})")
+        for new_name in names:
+            t = raw[new_name]
+            w.add_tensor(new_name, t.data, raw_dtype=t.tensor_type)
+            n_params += int(t.n_elements)
+        n_tensors = len(names)
+    _write_file(w, path)
     log.info("wrote %s: %s, %d tensors, %d parameters, %s", path, arch, n_tensors, n_params, out_type)
     return WriteInfo(architecture=arch, n_tensors=n_tensors, n_params=int(n_params),
                      tokenizer_model=vocab["model"], tokenizer_pre=vocab["pre"], tied_embeddings=tied)
+
+
+@dataclass(frozen=True)
+class LoraWriteInfo:
+    """What :func:`write_lora_gguf` wrote.
+
+    Attributes:
+        architecture: llama.cpp's name of the base's architecture.
+        n_weights: base weights the adapter applies to (two tensors each, ``.lora_a`` and ``.lora_b``).
+        n_params: parameters written.
+        rank: the largest LoRA rank.
+        alpha: ``adapter.lora.alpha``; llama.cpp scales each pair by ``alpha / rank``.
+    """
+
+    architecture: str
+    n_weights: int
+    n_params: int
+    rank: int
+    alpha: float
+
+
+def write_lora_gguf(model, lora: dict, path: Path, *, out_type: str = "F16", name: str | None = None
+                    ) -> LoraWriteInfo:
+    """Write a LoRA adapter as a llama.cpp LoRA adapter GGUF (``general.type = adapter``, ``adapter.type = lora``),
+    which llama.cpp applies at run time over the base's own (possibly quantized) weights: ``llama-cli -m BASE.gguf
+    --lora ADAPTER.gguf``, llama-cpp-python's ``Llama(lora_path=...)``.
+
+    Layout (llama.cpp ``convert_lora_to_gguf.py`` and ``src/llama-adapter.cpp``): for each base tensor ``NAME``,
+    ``NAME.lora_a`` of shape ``(r, in)`` and ``NAME.lora_b`` of shape ``(out, r)`` (numpy order); llama.cpp adds
+    ``(alpha / r) * B @ A``. The rows of ``B`` take the base tensor's own row permutation (q/k of the ``llama``
+    architecture). peft's per-module scale is kept exactly: ``alpha`` is the first module's ``scale * r``, and
+    ``B`` of any module whose scale differs (rank or alpha patterns) is multiplied by the ratio.
+
+    Args:
+        model: the base, a transformers causal LM of a :data:`SUPPORTED_ARCHITECTURES` class (its config and
+            parameter names; its weights are not written).
+        lora: :class:`dca.quant.source.LoraMatrices` by base parameter name (``LoadedModel.lora``).
+        path: the file to create (overwritten). The caller handles temporary names and atomic replacement.
+        out_type: ``"F32"``, ``"F16"`` or ``"BF16"``: the type of the LoRA matrices.
+        name: ``general.name``; None leaves it out.
+
+    Returns:
+        What was written.
+
+    Raises:
+        QuantError: unsupported architecture; a LoRA weight the base has not, or without a GGUF name; matrices
+            whose shapes do not fit the base weight.
+        OSError: the file could not be written; the partial file is left for the caller.
+    """
+    gguf = require_gguf()
+    import numpy as np
+
+    config = model.config
+    arch = gguf_architecture(type(model).__name__)
+    model_arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    tmap = gguf.get_tensor_name_map(model_arch, int(config.num_hidden_layers))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    first = next(iter(lora.values()))
+    alpha = first.scale * first.a.shape[0]
+    w = gguf.GGUFWriter(path=None, arch=arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    if name:
+        w.add_name(name)
+    n_params = rank = 0
+    for hf_name, m in lora.items():
+        new_name = tmap.get_name(hf_name, try_suffixes=(".weight",))
+        if hf_name not in shapes or new_name is None:
+            raise QuantError(f"the adapter's LoRA weight {hf_name} is not a weight of the base's {arch} layout")
+        r = m.a.shape[0]
+        if m.b.shape[1] != r or (m.b.shape[0], m.a.shape[1]) != shapes[hf_name]:
+            raise QuantError(f"the adapter's LoRA matrices for {hf_name} ({m.a.shape}, {m.b.shape}) do not fit the "
+                             f"base weight {shapes[hf_name]}; the adapter belongs to another base")
+        b = m.b * np.float32(m.scale * r / alpha)
+        if arch in _PERMUTE_QK and hf_name.endswith("q_proj.weight"):
+            b = permute_qk(b, n_head)
+        elif arch in _PERMUTE_QK and hf_name.endswith("k_proj.weight"):
+            b = permute_qk(b, n_kv)
+        for suffix, data in ((".lora_a", m.a), (".lora_b", b)):
+            _add_tensor(w, new_name + suffix, data, out_type)
+            n_params += data.size
+        rank = max(rank, r)
+    _write_file(w, path)
+    log.info("wrote %s: LoRA adapter for %s, %d weights, rank %d, alpha %g", path, arch, len(lora), rank, alpha)
+    return LoraWriteInfo(architecture=arch, n_weights=len(lora), n_params=int(n_params), rank=rank,
+                         alpha=float(alpha))

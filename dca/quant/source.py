@@ -1,4 +1,5 @@
-"""Load what ``dca quant export`` exports: an HF model directory, a LoRA adapter (merged into its base), or a GGUF.
+"""Load what ``dca quant export`` exports: an HF model directory, a LoRA adapter (merged into its base, or kept
+apart as its matrices), or a GGUF.
 
 Weights are loaded in 32-bit (or 16-bit, on request) precision, never through a 4-bit quantizer, so a LoRA
 adapter trained with QLoRA is merged into full-precision base weights.
@@ -25,12 +26,29 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+@dataclass(frozen=True)
+class LoraMatrices:
+    """A LoRA adapter as peft applies it to one weight: ``W' = W + scale * B @ A``.
+
+    Attributes:
+        a: float32 array of shape ``(r, in_features)`` (peft's ``lora_A``).
+        b: float32 array of shape ``(out_features, r)`` (peft's ``lora_B``).
+        scale: peft's ``scaling``: ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA), per module when the
+            adapter has rank or alpha patterns.
+    """
+
+    a: Any
+    b: Any
+    scale: float
+
+
 @dataclass
 class LoadedModel:
     """A model ready to write, with where it came from.
 
     Attributes:
-        model: the transformers causal LM, in eval mode, LoRA merged.
+        model: the transformers causal LM, in eval mode, LoRA merged (or, when loaded with ``merge=False``, the
+            base alone).
         tokenizer: its fast tokenizer.
         kind: ``"hf"``, ``"gguf"`` or ``"adapter"``.
         source: the path given.
@@ -39,6 +57,8 @@ class LoadedModel:
         gguf_metadata: ``tokenizer.ggml.*`` fields of a GGUF source or base that transformers drops (the
             pre-tokenizer name); empty otherwise.
         seconds: wall time of ``"load"`` and ``"merge"`` (0 without an adapter).
+        lora: with ``merge=False``, the adapter's matrices by the base weight they apply to (the transformers
+            parameter name, e.g. ``model.layers.0.self_attn.q_proj.weight``); else None.
     """
 
     model: Any
@@ -49,6 +69,7 @@ class LoadedModel:
     adapter: Path | None = None
     gguf_metadata: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    lora: dict[str, LoraMatrices] | None = None
 
 
 def is_gguf(path: Path) -> bool:
@@ -285,7 +306,77 @@ def _resize_for_adapter(model, adapter: Path) -> None:
         model.resize_token_embeddings(rows)
 
 
-def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32") -> LoadedModel:
+def resolve_adapter(src: Path, base: Path | None = None) -> tuple[Path, Path]:
+    """The adapter directory of the adapter source ``src`` and its local base model (see :func:`load_source`).
+
+    Raises:
+        QuantError: the adapter config is unreadable, or the base is not a local directory or GGUF file.
+    """
+    adapter = find_adapter(src)
+    if adapter is None:
+        raise QuantError(f"{src} holds no LoRA adapter ({ADAPTER_CONFIG})")
+    named = adapter_base(adapter)
+    if base is not None:
+        base_path = Path(base).expanduser()
+    elif named and Path(named).expanduser().exists():
+        base_path = Path(named).expanduser()
+    else:
+        base_path = _run_base(src) if adapter != src else None
+    if base_path is None or not base_path.exists():
+        raise QuantError(f"the adapter's base model {str(base) if base else named!r} is not a local directory or "
+                         "GGUF file; pass it with --base PATH")
+    return adapter, base_path
+
+
+def unseparable_reason(adapter: Path) -> str | None:
+    """Why llama.cpp could not apply the adapter at ``adapter`` at run time (as a LoRA adapter GGUF), or None when
+    it could: llama.cpp applies low-rank pairs ``B @ A`` to linear weights with one scale, nothing else.
+
+    Raises:
+        QuantError: the adapter config is unreadable.
+    """
+    try:
+        cfg = read_manifest(adapter / ADAPTER_CONFIG) or {}
+    except ManifestError as e:
+        raise QuantError(f"{adapter / ADAPTER_CONFIG}: unreadable adapter config ({e.reason})") from e
+    reasons = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        reasons.append(f"it is a {cfg.get('peft_type')} adapter, not LoRA")
+    if cfg.get("use_dora"):
+        reasons.append("it is a DoRA adapter (a magnitude vector per weight)")
+    if cfg.get("modules_to_save"):
+        reasons.append(f"it saves whole modules ({', '.join(cfg['modules_to_save'])})")
+    if cfg.get("trainable_token_indices"):
+        reasons.append("it trains token embeddings (trainable_token_indices)")
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        reasons.append("it trains biases")
+    if cfg.get("fan_in_fan_out"):
+        reasons.append("its weights are stored transposed (fan_in_fan_out)")
+    return "; ".join(reasons) or None
+
+
+def _lora_matrices(peft_model) -> dict[str, LoraMatrices]:
+    """The LoRA pairs of an unmerged peft model, by the transformers name of the weight each applies to."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
+            continue
+        if not hasattr(module.get_base_layer(), "in_features"):
+            raise QuantError(f"the LoRA layer {name} is not on a linear weight (an embedding?); llama.cpp applies "
+                             "LoRA adapters to linear weights only: export with --adapter-mode merge")
+        weight = name.removeprefix("base_model.model.") + ".weight"
+        out[weight] = LoraMatrices(
+            a=module.lora_A["default"].weight.detach().float().cpu().numpy(),
+            b=module.lora_B["default"].weight.detach().float().cpu().numpy(),
+            scale=float(module.scaling["default"]))
+    if not out:
+        raise QuantError("the adapter has no LoRA layers to write")
+    return out
+
+
+def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32", merge: bool = True) -> LoadedModel:
     """Load ``src`` as a transformers model in ``dtype``, merging a LoRA adapter into its base.
 
     Args:
@@ -297,6 +388,8 @@ def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32") 
             training run directory records in its ``config.json`` or ``manifest.json``. Ignored for other sources.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: precision of the loaded weights and of the
             merge.
+        merge: False keeps an adapter apart: ``model`` is the base alone and ``lora`` the adapter's matrices (for
+            a LoRA adapter GGUF that llama.cpp applies at run time). Ignored for other sources.
 
     Returns:
         The model, its tokenizer (the adapter's own when it saved one), and provenance.
@@ -304,7 +397,8 @@ def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32") 
     Raises:
         MissingDependencyError: transformers, peft or gguf is missing.
         QuantError: no model at ``src``; no weights, corrupt weights, quantized weights; an unsupported
-            architecture; an adapter whose base cannot be found locally.
+            architecture; an adapter whose base cannot be found locally; with ``merge=False``, an adapter that is
+            more than LoRA pairs on linear weights (:func:`unseparable_reason`).
     """
     src = Path(src).expanduser()
     kind = describe_source(src)
@@ -317,17 +411,10 @@ def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32") 
         gguf_architecture(type(model).__name__)
         return LoadedModel(model, tokenizer, kind, src, gguf_metadata=meta,
                            seconds={"load": time.perf_counter() - t0, "merge": 0.0})
-    adapter = find_adapter(src)
-    named = adapter_base(adapter)
-    if base is not None:
-        base_path = Path(base).expanduser()
-    elif named and Path(named).expanduser().exists():
-        base_path = Path(named).expanduser()
-    else:
-        base_path = _run_base(src) if adapter != src else None
-    if base_path is None or not base_path.exists():
-        raise QuantError(f"the adapter's base model {str(base) if base else named!r} is not a local directory or "
-                         "GGUF file; pass it with --base PATH")
+    adapter, base_path = resolve_adapter(src, base)
+    if not merge and (reason := unseparable_reason(adapter)):
+        raise QuantError(f"{adapter} cannot be applied by llama.cpp at run time: {reason}; export it with "
+                         "--adapter-mode merge")
     model, tokenizer, meta = _load_base(base_path, dtype)
     from .gguf_writer import gguf_architecture
 
@@ -340,11 +427,19 @@ def load_source(src: Path, *, base: Path | None = None, dtype: str = "float32") 
         from peft import PeftModel
     except ImportError as e:
         raise missing("peft", "quant") from e
+    lora = None
     try:
         _resize_for_adapter(model, adapter)
-        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        wrapped = PeftModel.from_pretrained(model, str(adapter))
+        if merge:
+            model = wrapped.merge_and_unload()
+        else:
+            lora = _lora_matrices(wrapped)
+            model = wrapped.unload()  # the base's own modules back, unchanged
+    except QuantError:
+        raise
     except Exception as e:  # peft raises ValueError/KeyError/RuntimeError for a mismatched or corrupt adapter
         raise QuantError(f"{adapter}: could not apply the LoRA adapter to {base_path} "
                          f"({type(e).__name__}: {e})") from e
-    return LoadedModel(merged.eval(), tokenizer, "adapter", src, base=base_path, adapter=adapter,
-                       gguf_metadata=meta, seconds={"load": t1 - t0, "merge": time.perf_counter() - t1})
+    return LoadedModel(model.eval(), tokenizer, "adapter", src, base=base_path, adapter=adapter,
+                       gguf_metadata=meta, seconds={"load": t1 - t0, "merge": time.perf_counter() - t1}, lora=lora)
