@@ -326,6 +326,14 @@ def _io(cfg: PipelineConfig, name: str, stage_cfg, paths: dict) -> tuple[list[Pa
     return [Path(stage_cfg.model), stage_cfg.data], [paths["eval"]]
 
 
+def _written(r) -> str:
+    """The report line of an export or quantize stage: the file(s) written and what the user should know."""
+    line = f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
+    if r.lora_path is not None:
+        line += f" + LoRA adapter {r.lora_path.name}, applied by llama.cpp at run time"
+    return line + "".join(f"; warning: {w}" for w in r.warnings)
+
+
 def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: bool, emit) -> str:
     """Run one stage; returns a one-line summary for the report."""
     if name == "import_traces":
@@ -365,14 +373,14 @@ def _run_stage(cfg: PipelineConfig, name: str, stage_cfg, paths: dict, resume: b
         from .quant import export
 
         r = export(stage_cfg, progress=emit)
-        return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
+        return _written(r)
     if name == "quantize":
         from .quant import quantize_export
 
         r = quantize_export(paths["export"], paths["quantize"], stage_cfg["qtype"], threads=stage_cfg.get("threads"),
                             token_embedding_type=stage_cfg.get("token_embedding_type"),
                             output_tensor_type=stage_cfg.get("output_tensor_type"), progress=emit)
-        return f"{r.path.name} ({r.size_bytes / 1e6:.1f} MB)"
+        return _written(r)
     from .eval import run_eval
 
     r = run_eval(replace(stage_cfg, resume=resume, force=not resume), progress=emit)

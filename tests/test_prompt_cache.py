@@ -93,3 +93,15 @@ def test_states_are_kept_per_model_and_context_size_and_pruned(tmp_path, path):
         small.remember(llm.llama, base[:len(base) - 8 + 2 * i] + [11] * 3)
     assert len(list(small.dir.glob("*.state"))) == 2
     llm.close()
+
+
+def test_a_lora_adapter_applied_over_the_model_keys_its_own_states(tmp_path):
+    model, adapter = tmp_path / "base.gguf", tmp_path / "base.lora.gguf"
+    model.write_bytes(b"GGUF model")
+    adapter.write_bytes(b"GGUF adapter")
+    plain = PromptCache(tmp_path / "cache", model, 512)
+    with_adapter = PromptCache(tmp_path / "cache", model, 512, adapter=adapter)
+    assert plain.dir != with_adapter.dir  # a state made with the adapter is never restored without it
+    assert PromptCache(tmp_path / "cache", model, 512, adapter=adapter).dir == with_adapter.dir
+    adapter.write_bytes(b"GGUF another adapter")
+    assert PromptCache(tmp_path / "cache", model, 512, adapter=adapter).dir != with_adapter.dir

@@ -619,6 +619,13 @@ def test_lora_adapter_kept_apart_is_applied_by_llama_cpp_as_peft_applies_it(llam
         assert [o.text for o in sample_parallel(llm.llama, prompt, n=2, max_tokens=16, temperature=0)] == [greedy] * 2
     finally:
         llm.close()
+    import llama_cpp
+
+    plain = llama_cpp.Llama(model_path=str(result.path), n_ctx=256, verbose=False)  # the base alone
+    try:
+        assert plain.create_completion(prompt, max_tokens=16, temperature=0)["choices"][0]["text"] != greedy
+    finally:
+        plain.close()
     (r,) = check(CheckConfig(ggufs=[result.path], text_path=None, tokens=60, window=60, decode_tokens=0))
     assert r.top1_agreement == 1.0  # against the merged model, rebuilt from the manifest
 
@@ -635,6 +642,10 @@ def test_adapters_llama_cpp_cannot_apply_at_run_time_are_merged_or_refused(llama
     with pytest.raises(ConfigError, match="--adapter-mode merge"):
         export(ExportConfig(source=run, qtype="F16", out=tmp_path / "a.gguf", adapter_mode="separate"))
     assert export(ExportConfig(source=run, qtype="F16", out=tmp_path / "b.gguf")).lora_path is None  # auto: merged
+    embeddings = train_lora(AutoModelForCausalLM.from_pretrained(llama_dir), tok,
+                            target_modules=["q_proj", "embed_tokens"])
+    embeddings.save_pretrained(tmp_path / "emb")
+    assert "embeddings or the output matrix" in unseparable_reason(tmp_path / "emb")
     with pytest.raises(ConfigError, match="is a whole model"):
         export(ExportConfig(source=llama_dir, qtype="F16", out=tmp_path / "c.gguf", adapter_mode="separate"))
     with pytest.raises(ConfigError, match="--adapter-mode must be one of"):
@@ -651,13 +662,35 @@ def test_a_missing_adapter_file_is_named_when_the_base_is_loaded(llama_dir, tok,
     run = tmp_path / "run"
     model.save_pretrained(run / "adapter")
     result = export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", adapter_mode="separate"))
-    with pytest.raises(ConfigError, match="exists; pass --force"):  # the adapter beside OUT counts as OUT
+    for f in ("s.gguf", "s.manifest.json"):
+        (tmp_path / f).rename(tmp_path / f"kept-{f}")
+    with pytest.raises(ConfigError, match=r"s\.lora\.gguf, beside -o/--out .* exists; pass --force"):
         export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", adapter_mode="separate"))
+    for f in ("s.gguf", "s.manifest.json"):
+        (tmp_path / f"kept-{f}").rename(tmp_path / f)
+
+    # transformers would load the base alone: training from it, or exporting it again, is refused
+    from dca.distill.stamps import fingerprint
+    from dca.distill.train import resolve_base
+
+    with pytest.raises(ConfigError, match="kept apart.*--adapter-mode merge"):
+        resolve_base(str(result.path))
+    with pytest.raises(QuantError, match="kept apart"):
+        export(ExportConfig(source=result.path, qtype="F16", out=tmp_path / "again.gguf"))
+    # a stage whose input is the base runs again when only its adapter changed
+    before = fingerprint(result.path)
+    assert before["lora"]["sha256"] == read_manifest(result.path)["lora"]["sha256"]
+    with open(result.lora_path, "ab") as f:
+        f.write(b"\0")
+    assert fingerprint(result.path) != before
     result.lora_path.unlink()
     with pytest.raises(ModelError, match=r"s\.lora\.gguf is missing.*put the adapter beside it"):
         LlamaCppLLM(result.path, n_ctx=64)
+    apart = export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", adapter_mode="separate", force=True))
+    assert apart.lora_path.is_file()
     merged = export(ExportConfig(source=run, qtype="F16", out=tmp_path / "s.gguf", force=True))
     assert merged.lora_path is None and "lora" not in merged.manifest
+    assert not apart.lora_path.exists()  # the earlier export's adapter does not belong to the merged model
     LlamaCppLLM(merged.path, n_ctx=64).close()  # a whole model again: no adapter asked for
 
 
@@ -724,6 +757,20 @@ def test_adapter_over_a_quantized_gguf_base_is_kept_apart_or_warns_on_requantiza
     assert np.abs(gguf_logits(merged.path, ids) - ref).max() > 5 * with_adapter  # merging lost much of it
     fine = export(ExportConfig(source=run, base=base, qtype="Q8_0", out=tmp_path / "student.Q8_0.gguf"))
     assert fine.warnings == [] and "warnings" not in read_manifest(fine.path) and fine.lora_path is None
+
+    # `dca distill run`'s chain: an F16 export (merged: nothing lost at 16 bits), then quantized to the base's type
+    from dca.quant import quantize_export
+
+    f16 = export(ExportConfig(source=run, base=base, qtype="F16", out=tmp_path / "chain.F16.gguf"))
+    assert f16.lora_path is None and f16.warnings == []
+    quantized = quantize_export(f16.path, tmp_path / "chain.Q4_0.gguf", "Q4_0")  # re-exported with the adapter apart
+    assert quantized.lora_path == tmp_path / "chain.Q4_0.lora.gguf" and quantized.warnings == []
+    again = np.abs(gguf_logits(quantized.path, ids, lora=quantized.lora_path) - ref).max()
+    assert again == pytest.approx(with_adapter, rel=1e-3)
+    run.rename(tmp_path / "gone")  # the training run is no longer there: quantized as merged, with the warning
+    lost = quantize_export(f16.path, tmp_path / "chain.Q4_0.gguf", "Q4_0")
+    assert lost.lora_path is None and not (tmp_path / "chain.Q4_0.lora.gguf").exists()
+    assert len(lost.warnings) == 1 and read_manifest(lost.path)["warnings"] == lost.warnings
 
 
 def test_run_directory_records_the_base_when_the_adapter_names_a_hub_id(llama_dir, tmp_path):

@@ -43,7 +43,7 @@ def resolve_base(model: str) -> tuple[Path, str]:
 
     Raises:
         ConfigError: a directory without ``config.json``, or an unknown name or file (the message lists the
-            known names).
+            known names), or a base whose student's adapter is kept apart (:func:`dca.llm.registry.kept_apart`).
     """
     p = Path(model).expanduser()
     if p.is_dir():
@@ -52,11 +52,16 @@ def resolve_base(model: str) -> tuple[Path, str]:
         raise ConfigError(f"-m/--model {p} is a directory without config.json; expected an HF model directory, a "
                           "GGUF file or a name from: dca models")
     from ..llm import resolve_model
+    from ..llm.registry import kept_apart
 
     try:
-        return resolve_model(model).resolve(), "gguf"
+        path = resolve_model(model).resolve()
+        reason = kept_apart(path)
     except ModelError as e:
         raise ConfigError(f"-m/--model: {e}") from e
+    if reason:
+        raise ConfigError(f"-m/--model: {reason}")
+    return path, "gguf"
 
 
 def _prepare_run_dir(cfg: TrainConfig, fingerprints: dict) -> tuple[str, Path | None]:

@@ -50,6 +50,21 @@ def exported_lora(gguf_path: str | Path) -> Path | None:
     return adapter
 
 
+def kept_apart(gguf_path: str | Path) -> str | None:
+    """Why transformers must not load ``gguf_path`` as a model (None when it may): it is a base whose student's
+    LoRA adapter ``dca quant export`` kept apart (:func:`exported_lora`), and transformers would load the base alone.
+
+    Raises:
+        ModelError: the manifest names an adapter file that is missing.
+    """
+    adapter = exported_lora(gguf_path)
+    if adapter is None:
+        return None
+    return (f"{Path(gguf_path).name} is a base whose LoRA adapter is kept apart ({adapter.name}, applied by llama.cpp "
+            "at run time), and transformers would load the base alone; start from the training run instead, or "
+            "from one merged file: dca quant export RUN -t F16 --adapter-mode merge -o student.F16.gguf")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One model ``dca models`` lists.

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, ManifestError, QuantError
-from ..llm.registry import EXPORT_MANIFEST_FORMAT, export_manifest_path
+from ..errors import ConfigError, ManifestError, ModelError, QuantError
+from ..llm.registry import EXPORT_MANIFEST_FORMAT, export_manifest_path, exported_lora
 from ..paths import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, temporary_sibling
 from ..paths import read_manifest as _read
 from ..progress import Progress, ProgressFn, emitter
@@ -255,8 +256,10 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     from .source import load_source
 
     out = cfg.out
-    if (out.exists() or manifest_path(out).exists() or lora_path(out).exists()) and not cfg.force:
-        raise ConfigError(f"-o/--out {out} exists; pass --force to replace it, or choose another file")
+    existing = next((p for p in (out, manifest_path(out), lora_path(out)) if p.exists()), None)
+    if existing is not None and not cfg.force:
+        where = f"-o/--out {out}" if existing == out else f"{existing}, beside -o/--out {out},"
+        raise ConfigError(f"{where} exists; pass --force to replace it, or choose another file")
     separate = _keeps_adapter_apart(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     for tmp in remove_stale_temporaries(out) + remove_stale_temporaries(lora_path(out)):
@@ -290,23 +293,17 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     hf_arch = type(loaded.model).__name__
     lora_info = None
     lora_type = cfg.qtype if cfg.qtype in WRITE_TYPES else cfg.intermediate  # the adapter's own matrices
-    if separate:  # the adapter first: OUT appears only once its adapter is there
-        step("write")
-        try:
-            with atomic_path(lora_path(out)) as tmp_lora:
-                lora_info = write_lora_gguf(loaded.model, loaded.lora, tmp_lora, out_type=lora_type,
-                                            name=(cfg.name or cfg.source.name) + " LoRA")
-        except OSError as e:
-            raise QuantError(f"writing {lora_path(out)} failed ({e.strerror or e}); "
-                             "nothing was written under that name") from e
-    elif cfg.force:
-        lora_path(out).unlink(missing_ok=True)  # an adapter of an earlier export of OUT would not belong to it
-    with atomic_path(out) as tmp_final:  # OUT appears complete, or not at all
+    # OUT (and its adapter) appear complete, or not at all: both are written under temporary names, then the
+    # adapter is renamed into place, then OUT
+    with atomic_path(out) as tmp_final, (atomic_path(lora_path(out)) if separate else nullcontext()) as tmp_lora:
         tmp_written = tmp_final if direct else temporary_sibling(out, written_type.lower())
         try:
             step("write")
             t0 = time.perf_counter()
             try:
+                if tmp_lora is not None:
+                    lora_info = write_lora_gguf(loaded.model, loaded.lora, tmp_lora, out_type=lora_type,
+                                                name=(cfg.name or cfg.source.name) + " LoRA")
                 info = write_gguf(loaded.model, loaded.tokenizer, tmp_written, out_type=written_type, name=name,
                                   tokenizer_pre=pre, source_vocab=loaded.gguf_metadata, tensors_from=tensors_from)
             except OSError as e:
@@ -325,6 +322,8 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         finally:
             if tmp_written != tmp_final:
                 tmp_written.unlink(missing_ok=True)
+    if lora_info is None:
+        lora_path(out).unlink(missing_ok=True)  # an adapter of an earlier export of OUT would not belong to it
 
     step("manifest")
     seconds["total"] = time.perf_counter() - t_start
@@ -398,7 +397,11 @@ def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = N
     """Quantize a GGUF that :func:`export` wrote (F16/BF16/F32) into ``dst``, with a manifest beside it.
 
     ``dst`` appears whole or not at all; its manifest is the source's with this file's quant type, sizes,
-    checksum and timing, so ``dca quant check dst`` finds the same reference model.
+    checksum and timing, so ``dca quant check dst`` finds the same reference model. A LoRA adapter the source was
+    merged from goes with it: one kept apart is copied beside ``dst``; one merged over a quantized GGUF base of
+    type ``qtype`` itself, which quantizing would round away (:func:`requantization_warning`), is exported again
+    from the adapter and its base, kept apart (:func:`export`, ``adapter_mode="auto"``), when both are still there,
+    else quantized with the warning.
 
     Args:
         src: the exported GGUF (its manifest tells whether the output matrix is tied to the embedding).
@@ -420,18 +423,37 @@ def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = N
              for key, value in (("token_embedding_type", token_embedding_type),
                                 ("output_tensor_type", output_tensor_type))}
     embedding_type, output_type = resolve_tensor_types(**types, tied=bool(source.get("tied_embeddings")), source=src)
+    origin = source.get("source") or {}
+    warning = None
+    if origin.get("kind") == "adapter" and origin.get("base") and not source.get("lora"):
+        warning = requantization_warning(Path(origin["base"]), qtype)
+        if warning and origin.get("path") and Path(origin["path"]).exists() and Path(origin["base"]).exists():
+            settings = source.get("config") or {}
+            return export(ExportConfig(
+                source=Path(origin["path"]), base=Path(origin["base"]), out=dst, qtype=qtype, force=True,
+                dtype=settings.get("dtype", "float32"), intermediate=settings.get("intermediate", "F16"),
+                name=settings.get("name"), tokenizer_pre=settings.get("tokenizer_pre"), threads=threads,
+                token_embedding_type=token_embedding_type, output_tensor_type=output_tensor_type), progress=progress)
     emitter(progress)(Progress("quantize", phase="quantize"))
     t0 = time.perf_counter()
     adapter = source.get("lora")
-    if adapter:  # the base's LoRA adapter GGUF goes with it
-        import shutil
+    if adapter:
+        try:
+            adapter_src = exported_lora(src)
+        except ModelError as e:
+            raise QuantError(str(e)) from e
+    # dst and the base's LoRA adapter GGUF (copied) appear complete or not at all, the adapter first
+    with atomic_path(dst) as tmp, (atomic_path(lora_path(dst)) if adapter else nullcontext()) as tmp_lora:
+        if tmp_lora is not None:
+            import shutil
 
-        with atomic_path(lora_path(dst)) as tmp:
-            shutil.copyfile(src.parent / adapter["gguf"], tmp)
-        adapter = {**adapter, "gguf": lora_path(dst).name}
-    with atomic_path(dst) as tmp:
+            shutil.copyfile(adapter_src, tmp_lora)
         quantize_gguf(src, tmp, qtype, threads=threads, token_embedding_type=embedding_type,
                       output_tensor_type=output_type)
+    if adapter:
+        adapter = {**adapter, "gguf": lora_path(dst).name}
+    else:
+        lora_path(dst).unlink(missing_ok=True)  # an adapter of an earlier file at dst would not belong to this one
     seconds = {"load": 0.0, "merge": 0.0, "write": 0.0, "quantize": time.perf_counter() - t0}
     seconds["total"] = seconds["quantize"]
     size, sha = dst.stat().st_size, sha256_file(dst)
@@ -442,6 +464,9 @@ def quantize_export(src: Path, dst: Path, qtype: str, *, threads: int | None = N
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if adapter:
         manifest["lora"] = adapter
+    if warning:
+        manifest["warnings"] = [warning]
     atomic_write_text(manifest_path(dst), json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=dst, manifest_path=manifest_path(dst), qtype=qtype, size_bytes=size, sha256=sha,
-                        seconds=seconds, manifest=manifest, lora_path=lora_path(dst) if adapter else None)
+                        seconds=seconds, manifest=manifest, warnings=[warning] if warning else [],
+                        lora_path=lora_path(dst) if adapter else None)

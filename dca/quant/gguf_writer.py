@@ -444,7 +444,7 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
         out_emb is not None and out_emb.weight.data_ptr() == emb.data_ptr())
     n_params = 0
     n_tensors = 0
-    names = []
+    names, sizes = [], {}
     for hf_name, tensor in state.items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
@@ -453,6 +453,7 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
             raise QuantError(f"tensor {hf_name} has no GGUF name in llama.cpp's {arch} architecture")
         names.append(new_name)
         if raw is not None:
+            sizes[new_name] = tensor.numel()
             continue
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if arch in _NORM_SHIFT and hf_name.endswith("norm.weight"):
@@ -470,10 +471,10 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
             w.add_tensor(names[-1], llama3_rope_factors(rope, rope["head_dim"]))
             n_tensors += 1
     if raw is not None:
-        if set(names) != set(raw):
-            odd = sorted(set(names) ^ set(raw))
+        odd = sorted(set(names) ^ set(raw)) or [n for n, k in sizes.items() if int(raw[n].n_elements) != k]
+        if odd:
             raise QuantError(f"{tensors_from} does not hold this model's tensors in llama.cpp's layout "
-                             f"({len(odd)} names differ, e.g. {', '.join(odd[:3])})")
+                             f"({len(odd)} differ in name or size, e.g. {', '.join(odd[:3])})")
         for new_name in names:
             t = raw[new_name]
             w.add_tensor(new_name, t.data, raw_dtype=t.tensor_type)
@@ -513,8 +514,8 @@ def write_lora_gguf(model, lora: dict, path: Path, *, out_type: str = "F16", nam
     Layout (llama.cpp ``convert_lora_to_gguf.py`` and ``src/llama-adapter.cpp``): for each base tensor ``NAME``,
     ``NAME.lora_a`` of shape ``(r, in)`` and ``NAME.lora_b`` of shape ``(out, r)`` (numpy order); llama.cpp adds
     ``(alpha / r) * B @ A``. The rows of ``B`` take the base tensor's own row permutation (q/k of the ``llama``
-    architecture). peft's per-module scale is kept exactly: ``alpha`` is the first module's ``scale * r``, and
-    ``B`` of any module whose scale differs (rank or alpha patterns) is multiplied by the ratio.
+    architecture). peft's per-module scale is kept exactly: ``alpha`` is the first module's ``scale * r`` whose scale
+    is not 0, and ``B`` of any module whose scale differs (rank or alpha patterns) is multiplied by the ratio.
 
     Args:
         model: the base, a transformers causal LM of a :data:`SUPPORTED_ARCHITECTURES` class (its config and
@@ -542,8 +543,8 @@ def write_lora_gguf(model, lora: dict, path: Path, *, out_type: str = "F16", nam
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     tmap = gguf.get_tensor_name_map(model_arch, int(config.num_hidden_layers))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    first = next(iter(lora.values()))
-    alpha = first.scale * first.a.shape[0]
+    # llama.cpp reads alpha 0 as "no alpha" (scale 1): take a module with a scale; with none, B is zeroed below
+    alpha = next((m.scale * m.a.shape[0] for m in lora.values() if m.scale), 1.0)
     w = gguf.GGUFWriter(path=None, arch=arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ManifestError, QuantError, missing
+from ..errors import ManifestError, ModelError, QuantError, missing
 from ..paths import read_manifest
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,10 @@ def _load_base(path: Path, dtype: str):
     meta: dict = {}
     try:
         if kind == "gguf":
+            from ..llm.registry import kept_apart
+
+            if reason := kept_apart(path):
+                raise QuantError(reason)
             require_gguf()  # transformers needs it to read a GGUF
             meta = gguf_tokenizer_metadata(path)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -272,7 +276,7 @@ def _load_base(path: Path, dtype: str):
             tokenizer = _load_tokenizer((path, None))
             if (path / GGUF_TOKENIZER_FILE).is_file():
                 meta = json.loads((path / GGUF_TOKENIZER_FILE).read_text(encoding="utf-8"))
-    except QuantError:
+    except (QuantError, ModelError):
         raise
     except Exception as e:  # transformers/safetensors/torch raise many types for unreadable checkpoints
         raise QuantError(f"{path}: transformers could not load the model ({type(e).__name__}: {e})") from e
@@ -352,6 +356,10 @@ def unseparable_reason(adapter: Path) -> str | None:
         reasons.append("it trains biases")
     if cfg.get("fan_in_fan_out"):
         reasons.append("its weights are stored transposed (fan_in_fan_out)")
+    targets = cfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if any(key in t for t in targets for key in ("embed", "lm_head")):  # llama.cpp: linear weights of the blocks
+        reasons.append(f"it adapts the embeddings or the output matrix ({', '.join(targets)})")
     return "; ".join(reasons) or None
 
 
