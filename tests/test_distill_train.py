@@ -246,6 +246,30 @@ def test_full_fine_tuning_trains_every_weight(tiny, traces_file, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in before if "layernorm" not in k and "norm" not in k)
 
 
+def test_selective_checkpointing_trains_the_same_weights_as_full_recomputation(tiny, traces_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from dca.distill.train import train
+
+    weights = {}
+    for policy in ("full", "selective"):
+        cfg = cfg_for(tiny, traces_file, tmp_path / policy, method="full", max_steps=2, eval_fraction=0.0,
+                      precision="fp32", checkpoint_policy=policy)
+        weights[policy] = load_file(train(cfg).output / "model.safetensors")
+    before = load_file(tiny / "model.safetensors")
+    for k, w in weights["full"].items():
+        assert not torch.equal(w, before[k]) or "norm" in k
+        assert torch.allclose(weights["selective"][k], w, atol=1e-6, rtol=1e-5), k
+    with pytest.raises(ConfigError, match="--checkpoint-policy must be one of auto, full, selective"):
+        cfg_for(tiny, traces_file, tmp_path / "x", checkpoint_policy="some")
+    from dca.distill.train import checkpoint_policy
+
+    auto = {(method, bf16): checkpoint_policy(cfg_for(tiny, traces_file, tmp_path / "x", method=method), bf16)
+            for method in ("lora", "full") for bf16 in (False, True)}
+    assert auto == {("lora", False): "full", ("lora", True): "selective", ("full", False): "selective",
+                    ("full", True): "selective"}  # LoRA's fp32 products would take it past 3 GB
+
+
 def test_a_finished_run_asked_for_more_steps_says_how_to_train_further(tiny, traces_file, tmp_path):
     from dca.distill.train import train
 

@@ -429,6 +429,7 @@ def distill_train(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 \\[default: auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) has it, else fp32]."),
     device: Optional[str] = typer.Option(None, "--device", help=with_default("auto | cpu | cuda | cuda:N.", TrainConfig, "device")),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=with_default("Recompute each layer's activations in the backward pass instead of keeping them: far less memory, some more compute.", TrainConfig, "gradient_checkpointing"), metavar=""),
+    checkpoint_policy: Optional[str] = typer.Option(None, "--checkpoint-policy", help=with_default("What checkpointing recomputes: full (all but each layer's input) | selective (keeps attention and the matrix products no wider than the hidden size; recomputes the wide MLP projections and the element-wise work) | auto (selective, but full for LoRA in fp32, where it would pass 3 GB).", TrainConfig, "checkpoint_policy")),
     seed: Optional[int] = typer.Option(None, "--seed", help=with_default("Seed of the adapter init, split, data order and dropout.", TrainConfig, "seed")),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o/--out-dir from its last checkpoint.", metavar=""),
     force: bool = typer.Option(False, "--force", help="Delete the run files in -o/--out-dir and start over.", metavar=""),
@@ -451,7 +452,8 @@ def distill_train(
              "max_grad_norm": max_grad_norm, "eval_fraction": eval_fraction, "eval_data": eval_data or None,
              "eval_every": eval_every, "save_every": save_every, "system_prompt": system_prompt,
              "chat_template": chat_template, "precision": precision, "device": device,
-             "gradient_checkpointing": gradient_checkpointing, "seed": seed, "resume": resume or None,
+             "gradient_checkpointing": gradient_checkpointing, "checkpoint_policy": checkpoint_policy, "seed": seed,
+             "resume": resume or None,
              "force": force or None}
     cfg = load_config(TrainConfig, config_path, data=data or None, out_dir=out_dir, **given)
     try:

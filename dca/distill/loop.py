@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 METHODS = ("lora", "full")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+CHECKPOINT_POLICIES = ("auto", "full", "selective")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 # Settings a continued run may change: they do not change the weights. resume/force are actions, not settings.
-_FREE = {"resume", "force", "log_every", "save_every", "keep_checkpoints", "eval_every"}
+_FREE = {"resume", "force", "log_every", "save_every", "keep_checkpoints", "eval_every", "checkpoint_policy"}
 _FLAGS = {"data": "DATA", "out_dir": "-o/--out-dir", "model": "-m/--model", "qlora": "--qlora",
           "packing": "--packing/--no-packing",
           "gradient_checkpointing": "--gradient-checkpointing/--no-gradient-checkpointing"}
@@ -91,6 +92,14 @@ class TrainConfig:
             them (``--gradient-checkpointing/--no-gradient-checkpointing``; on by default). With the defaults'
             micro-batch of one row it bounds a LoRA step of the bundled model to under 3 GB at about the
             throughput of four-row micro-batches without it (benchmarks/README.md, "Training memory").
+        checkpoint_policy: what the recomputation keeps (``--checkpoint-policy``): ``full`` keeps each layer's
+            input only and recomputes the rest; ``selective`` also keeps the outputs of attention and of the matrix
+            products no wider than the hidden size, and recomputes the wide MLP projections and the element-wise
+            work: selective activation recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation
+            in Large Transformer Models"; :func:`dca.distill.train._selective_contexts`); ``auto`` (default) is
+            ``selective`` except for LoRA in fp32 (:func:`dca.distill.train.checkpoint_policy`). On the bundled
+            model ``selective`` trained at 1.0-1.2x the tokens/s of ``full`` for 0.2-0.7 GB more
+            (benchmarks/README.md, "Training memory").
         seed: seeds the adapter's initialisation, the split, the data order and dropout (``--seed``).
         resume: continue the run in ``out_dir`` (``--resume``); running the same command again does too.
         force: delete the run files in ``out_dir`` and start over (``--force``).
@@ -131,6 +140,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     gradient_checkpointing: bool = True
+    checkpoint_policy: str = "auto"
     seed: int = 0
     resume: bool = False
     force: bool = False
@@ -159,7 +169,8 @@ class TrainConfig:
         if isinstance(self.target_modules, str):
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         self.target_modules = list(self.target_modules)
-        choices = {"method": METHODS, "schedule": SCHEDULES, "precision": PRECISIONS}
+        choices = {"method": METHODS, "schedule": SCHEDULES, "precision": PRECISIONS,
+                   "checkpoint_policy": CHECKPOINT_POLICIES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -18,6 +18,7 @@ an uninterrupted run with the same seed. Ctrl-C (or ``cancel``) writes a checkpo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -299,7 +300,46 @@ def load_model(cfg: TrainConfig, device, bf16: bool):
     return model, tokenizer, path, kind
 
 
-def _adapt(model, cfg: TrainConfig):
+def _selective_contexts(hidden_size: int):
+    """``context_fn`` of ``torch.utils.checkpoint.checkpoint`` for ``checkpoint_policy="selective"``: selective
+    activation recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+    Models"), through PyTorch's ``create_selective_checkpoint_contexts``.
+
+    Kept: the outputs of attention and of the matrix products no wider than ``hidden_size`` (the q, k, v, o and down
+    projections, a LoRA adapter's rank-r products). Recomputed in the backward pass: the wide MLP projections (gate
+    and up, 2.7x the hidden size in SmolLM2: half the saved bytes of all products for a third of their FLOPs) and the
+    element-wise work (norms, activation functions, casts). Measured against recomputing everything
+    (benchmarks/README.md, "Training memory").
+    """
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    products = {op.default for op in (aten.mm, aten.addmm, aten.bmm)}
+    attention = {getattr(aten, n).default for n in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)}
+
+    def policy(ctx, op, *args, **kwargs):
+        if op in products:  # mm(a, b), addmm(bias, a, b), bmm(a, b): the output is as wide as b
+            keep = args[-1].shape[-1] <= hidden_size
+        else:
+            keep = op in attention
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def checkpoint_policy(cfg: TrainConfig, bf16: bool) -> str:
+    """The checkpointing policy a run uses: ``cfg.checkpoint_policy``, with ``auto`` resolved: ``selective``, except
+    for LoRA trained in fp32, whose kept products (twice the bytes of bf16's) took the bundled model's step past 3 GB
+    (3.05-3.13 GB; benchmarks/README.md, "Training memory"): ``full`` there."""
+    if cfg.checkpoint_policy != "auto":
+        return cfg.checkpoint_policy
+    return "full" if cfg.method == "lora" and not bf16 else "selective"
+
+
+def _adapt(model, cfg: TrainConfig, bf16: bool = False):
     """Attach the LoRA adapter (or unfreeze everything for full fine-tuning)."""
     if cfg.method == "full":
         for p in model.parameters():
@@ -319,12 +359,16 @@ def _adapt(model, cfg: TrainConfig):
         except ValueError as e:
             raise ConfigError(f"--target-modules {','.join(cfg.target_modules)}: {e}") from e
     if cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if checkpoint_policy(cfg, bf16) == "selective":
+            hidden = getattr(model.config, "hidden_size", None) or float("inf")
+            kwargs["context_fn"] = functools.partial(_selective_contexts, hidden)
         # transformers >= 5.2 names it activation checkpointing (the old name warns of its removal in v6)
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.train()
     return model
 
@@ -395,7 +439,7 @@ def train(cfg: TrainConfig, *, progress: ProgressFn | None = None,
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
     if device.type == "cuda":
         torch.cuda.manual_seed_all(cfg.seed)
-    model = _adapt(model, cfg)
+    model = _adapt(model, cfg, bf16)
     return run_loop(cfg, model, tokenizer, base={"path": str(base_path), "kind": kind}, inputs=fps, stats=stats,
                     train_rows=train_rows,
                     eval_rows=eval_rows, checkpoint=checkpoint, device=device, bf16=bf16, progress=progress,
