@@ -246,16 +246,36 @@ def test_full_fine_tuning_trains_every_weight(tiny, traces_file, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in before if "layernorm" not in k and "norm" not in k)
 
 
-def test_selective_checkpointing_trains_the_same_weights_as_full_recomputation(tiny, traces_file, tmp_path):
+def test_selective_checkpointing_trains_the_same_weights_as_full_recomputation(tiny, traces_file, tmp_path,
+                                                                              monkeypatch):
+    import collections
+
+    import torch.utils.checkpoint as checkpointing
     from safetensors.torch import load_file
 
     from dca.distill.train import train
 
+    decisions = collections.Counter()
+    real = checkpointing.create_selective_checkpoint_contexts
+
+    def recording(policy, *args, **kwargs):
+        def recorded(ctx, op, *a, **kw):
+            verdict = policy(ctx, op, *a, **kw)
+            width = a[-1].shape[-1] if "mm" in str(op) else None
+            decisions[(str(op).split(".")[1], width, verdict.name)] += 1
+            return verdict
+        return real(recorded, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "create_selective_checkpoint_contexts", recording)
     weights = {}
     for policy in ("full", "selective"):
         cfg = cfg_for(tiny, traces_file, tmp_path / policy, method="full", max_steps=2, eval_fraction=0.0,
                       precision="fp32", checkpoint_policy=policy)
         weights[policy] = load_file(train(cfg).output / "model.safetensors")
+    # hidden 32, MLP 64: q/o/down (32) and k/v (16) kept, gate/up (64) recomputed, attention kept
+    kept = {(op, width) for op, width, verdict in decisions if verdict == "MUST_SAVE"}
+    assert kept == {("mm", 32), ("mm", 16), ("_scaled_dot_product_flash_attention_for_cpu", None)}
+    assert ("mm", 64, "PREFER_RECOMPUTE") in decisions
     before = load_file(tiny / "model.safetensors")
     for k, w in weights["full"].items():
         assert not torch.equal(w, before[k]) or "norm" in k

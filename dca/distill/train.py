@@ -300,28 +300,31 @@ def load_model(cfg: TrainConfig, device, bf16: bool):
     return model, tokenizer, path, kind
 
 
-def _selective_contexts(hidden_size: int):
+def _selective_contexts(hidden_size: int, keep_attention: bool = True):
     """``context_fn`` of ``torch.utils.checkpoint.checkpoint`` for ``checkpoint_policy="selective"``: selective
     activation recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
     Models"), through PyTorch's ``create_selective_checkpoint_contexts``.
 
-    Kept: the outputs of attention and of the matrix products no wider than ``hidden_size`` (the q, k, v, o and down
-    projections, a LoRA adapter's rank-r products). Recomputed in the backward pass: the wide MLP projections (gate
-    and up, 2.7x the hidden size in SmolLM2: half the saved bytes of all products for a third of their FLOPs) and the
-    element-wise work (norms, activation functions, casts). Measured against recomputing everything
-    (benchmarks/README.md, "Training memory").
+    Kept: the outputs of fused attention (unless ``keep_attention`` is False: attention dropout draws random numbers
+    that the recomputation must draw again) and of the linear layers' matrix products (``mm``, ``addmm``) no wider
+    than ``hidden_size`` (the q, k, v, o and down projections, a LoRA adapter's rank-r products). Recomputed in the
+    backward pass: the wide MLP projections (gate and up, 2.7x the hidden size in SmolLM2: 59% of the products'
+    output bytes, half their FLOPs), batched products (``bmm``: eager attention's scores, which its softmax path
+    then changes in place), and the element-wise work (norms, activation functions, casts). Measured against
+    recomputing everything (benchmarks/README.md, "Training memory").
     """
     import torch
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     aten = torch.ops.aten
-    products = {op.default for op in (aten.mm, aten.addmm, aten.bmm)}
+    products = {aten.mm.default, aten.addmm.default}
     attention = {getattr(aten, n).default for n in (
         "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, n)}
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+        if keep_attention and hasattr(aten, n)}
 
     def policy(ctx, op, *args, **kwargs):
-        if op in products:  # mm(a, b), addmm(bias, a, b), bmm(a, b): the output is as wide as b
+        if op in products:  # mm(a, b), addmm(bias, a, b): the output is as wide as b
             keep = args[-1].shape[-1] <= hidden_size
         else:
             keep = op in attention
@@ -332,8 +335,8 @@ def _selective_contexts(hidden_size: int):
 
 def checkpoint_policy(cfg: TrainConfig, bf16: bool) -> str:
     """The checkpointing policy a run uses: ``cfg.checkpoint_policy``, with ``auto`` resolved: ``selective``, except
-    for LoRA trained in fp32, whose kept products (twice the bytes of bf16's) took the bundled model's step past 3 GB
-    (3.05-3.13 GB; benchmarks/README.md, "Training memory"): ``full`` there."""
+    for LoRA trained in 32-bit (or fp16 QLoRA: not bf16), whose kept products (twice the bytes of bf16's) took the
+    bundled model's step past 3 GB (3.05-3.13 GB; benchmarks/README.md, "Training memory"): ``full`` there."""
     if cfg.checkpoint_policy != "auto":
         return cfg.checkpoint_policy
     return "full" if cfg.method == "lora" and not bf16 else "selective"
@@ -360,9 +363,13 @@ def _adapt(model, cfg: TrainConfig, bf16: bool = False):
             raise ConfigError(f"--target-modules {','.join(cfg.target_modules)}: {e}") from e
     if cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
-        if checkpoint_policy(cfg, bf16) == "selective":
-            hidden = getattr(model.config, "hidden_size", None) or float("inf")
-            kwargs["context_fn"] = functools.partial(_selective_contexts, hidden)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        hidden = getattr(config, "hidden_size", None)
+        if checkpoint_policy(cfg, bf16) == "selective" and hidden is None:
+            log.warning("the model's config names no hidden_size: recomputing everything (--checkpoint-policy full)")
+        elif checkpoint_policy(cfg, bf16) == "selective":
+            dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+            kwargs["context_fn"] = functools.partial(_selective_contexts, int(hidden), keep_attention=dropout == 0)
         # transformers >= 5.2 names it activation checkpointing (the old name warns of its removal in v6)
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
