@@ -28,7 +28,7 @@ def fingerprint(path: str | Path) -> dict:
         st = p.stat()
         mark = {"path": name, "sha256": sha256_file(p)} if st.st_size <= HASH_LIMIT else \
             {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if p.suffix == ".gguf" and p.with_name(p.name.removesuffix(".gguf") + ".manifest.json").is_file():
+        if p.suffix == ".gguf":
             from ..llm.registry import exported_lora
 
             try:  # a base and the LoRA adapter llama.cpp applies over it are one model

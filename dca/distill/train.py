@@ -363,13 +363,16 @@ def _adapt(model, cfg: TrainConfig, bf16: bool = False):
             raise ConfigError(f"--target-modules {','.join(cfg.target_modules)}: {e}") from e
     if cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        hidden = getattr(config, "hidden_size", None)
-        if checkpoint_policy(cfg, bf16) == "selective" and hidden is None:
-            log.warning("the model's config names no hidden_size: recomputing everything (--checkpoint-policy full)")
-        elif checkpoint_policy(cfg, bf16) == "selective":
-            dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
-            kwargs["context_fn"] = functools.partial(_selective_contexts, int(hidden), keep_attention=dropout == 0)
+        if checkpoint_policy(cfg, bf16) == "selective":
+            config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+            hidden = getattr(config, "hidden_size", None)
+            if hidden is None:
+                log.warning("the model's config names no hidden_size: recomputing everything "
+                            "(--checkpoint-policy full)")
+            else:
+                dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+                kwargs["context_fn"] = functools.partial(_selective_contexts, int(hidden),
+                                                         keep_attention=dropout == 0)
         # transformers >= 5.2 names it activation checkpointing (the old name warns of its removal in v6)
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:

@@ -256,10 +256,8 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     from .source import load_source
 
     out = cfg.out
-    existing = next((p for p in (out, manifest_path(out), lora_path(out)) if p.exists()), None)
-    if existing is not None and not cfg.force:
-        where = f"-o/--out {out}" if existing == out else f"{existing}, beside -o/--out {out},"
-        raise ConfigError(f"{where} exists; pass --force to replace it, or choose another file")
+    if not cfg.force:
+        _refuse_existing(out)
     separate = _keeps_adapter_apart(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     for tmp in remove_stale_temporaries(out) + remove_stale_temporaries(lora_path(out)):
@@ -349,12 +347,7 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if lora_info is not None:
-        adapter_file = lora_path(out)
-        manifest["lora"] = {"gguf": adapter_file.name, "bytes": adapter_file.stat().st_size,
-                            "sha256": sha256_file(adapter_file),
-                            "type": lora_type,
-                            "rank": lora_info.rank, "alpha": lora_info.alpha, "weights": lora_info.n_weights,
-                            "parameters": lora_info.n_params}
+        manifest["lora"] = _lora_manifest(lora_path(out), lora_info, lora_type)
     if warnings:
         manifest["warnings"] = warnings
     atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
@@ -362,6 +355,21 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
                         seconds=seconds, manifest=manifest, warnings=warnings,
                         lora_path=lora_path(out) if lora_info is not None else None)
+
+
+def _refuse_existing(out: Path) -> None:
+    """Raise :class:`ConfigError` naming the first of ``out``, its manifest and its LoRA adapter GGUF that exists."""
+    existing = next((p for p in (out, manifest_path(out), lora_path(out)) if p.exists()), None)
+    if existing is not None:
+        where = f"-o/--out {out}" if existing == out else f"{existing}, beside -o/--out {out},"
+        raise ConfigError(f"{where} exists; pass --force to replace it, or choose another file")
+
+
+def _lora_manifest(adapter_file: Path, info, lora_type: str) -> dict:
+    """The manifest's ``"lora"`` entry for the adapter GGUF ``adapter_file`` that :func:`write_lora_gguf` wrote."""
+    return {"gguf": adapter_file.name, "bytes": adapter_file.stat().st_size, "sha256": sha256_file(adapter_file),
+            "type": lora_type, "rank": info.rank, "alpha": info.alpha, "weights": info.n_weights,
+            "parameters": info.n_params}
 
 
 def _keeps_adapter_apart(cfg: ExportConfig) -> bool:

@@ -371,6 +371,22 @@ def _add_tensor(w, name: str, data, out_type: str) -> None:
         w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
 
+def _copy_tensors(w, raw: dict, names: list[str], sizes: dict[str, int], source: Path) -> int:
+    """Add the tensors ``names`` of a GGUF read by ``gguf.GGUFReader`` (``raw``: its tensors by name) to the writer
+    ``w`` byte for byte, in that order; returns the parameters added.
+
+    Raises:
+        QuantError: ``raw`` holds other names, or a tensor of another size than ``sizes`` gives.
+    """
+    odd = sorted(set(names) ^ set(raw)) or [n for n, k in sizes.items() if int(raw[n].n_elements) != k]
+    if odd:
+        raise QuantError(f"{source} does not hold this model's tensors in llama.cpp's layout "
+                         f"({len(odd)} differ in name or size, e.g. {', '.join(odd[:3])})")
+    for name in names:
+        w.add_tensor(name, raw[name].data, raw_dtype=raw[name].tensor_type)
+    return sum(int(raw[name].n_elements) for name in names)
+
+
 def _write_file(w, path: Path) -> None:
     """Write the header, metadata and tensors the writer ``w`` holds to ``path``, and close it."""
     try:
@@ -471,14 +487,7 @@ def write_gguf(model, tokenizer, path: Path, *, out_type: str = "F16", name: str
             w.add_tensor(names[-1], llama3_rope_factors(rope, rope["head_dim"]))
             n_tensors += 1
     if raw is not None:
-        odd = sorted(set(names) ^ set(raw)) or [n for n, k in sizes.items() if int(raw[n].n_elements) != k]
-        if odd:
-            raise QuantError(f"{tensors_from} does not hold this model's tensors in llama.cpp's layout "
-                             f"({len(odd)} differ in name or size, e.g. {', '.join(odd[:3])})")
-        for new_name in names:
-            t = raw[new_name]
-            w.add_tensor(new_name, t.data, raw_dtype=t.tensor_type)
-            n_params += int(t.n_elements)
+        n_params = _copy_tensors(w, raw, names, sizes, tensors_from)
         n_tensors = len(names)
     _write_file(w, path)
     log.info("wrote %s: %s, %d tensors, %d parameters, %s", path, arch, n_tensors, n_params, out_type)
