@@ -5,7 +5,8 @@ runs the same work with transformers on a model directory that ``dca distill tra
 questions (thousands of sequences per ``generate`` call), and then hands the completions to dca's own code:
 ``dca distill verifier``'s :func:`~dca.distill.verifier.make_verifier_data` (labels, ``orm.jsonl``, report) and
 ``dca eval``'s :func:`~dca.eval.harness.run_eval` (strategies, votes, the verifier's choices, ``predictions.jsonl``
-and reports that ``dca eval compare`` reads). :class:`BatchedHF` is a :class:`dca.llm.LLM` whose ``sample`` and
+and reports that ``dca eval compare`` reads), and ``dca distill star``'s :func:`~dca.star.run_star` (issue 20,
+``star``: one iteration, evaluated with ``eval``). :class:`BatchedHF` is a :class:`dca.llm.LLM` whose ``sample`` and
 ``generate`` answer from completions drawn beforehand (:meth:`BatchedHF.prefill`) for the same prompt and settings,
 and draw on the spot otherwise (counted as ``misses``), so every figure comes from dca's code paths.
 
@@ -22,6 +23,7 @@ differ from a CPU run's; the model runs in bf16 on the GPU (fp32 on the CPU), no
     python benchmarks/verifier_cuda.py eval gsm8k_test.jsonl -m student/model -o eval/wv8 --limit 500 --samples 8 \\
         --verifier orm/model --strategy weighted_vote
     python benchmarks/verifier_cuda.py auroc heldout-vdata --verifier orm/model --json-out auroc.json
+    python benchmarks/verifier_cuda.py star gsm8k_train.jsonl -m student/model -o star --samples 8 --limit 2000
 
 ``benchmarks/verifier_cuda.sh`` chains these with ``dca distill train`` (the run of benchmarks/README.md).
 """
@@ -364,6 +366,74 @@ def cmd_auroc(args) -> None:
     write_json(args.json_out, res)
 
 
+class _StarHF(BatchedHF):
+    """:class:`BatchedHF` for ``dca distill star``'s sampler: the k samples of every question not yet in
+    ``samples.jsonl`` drawn in batches at load, and at the first rationalization asked, the hint prompts of every
+    question without a right sample (read from ``samples.jsonl``, which the loop has finished by then)."""
+
+    def __init__(self, path, cfg, questions, iteration_dir: Path):
+        from dca.distill.verifier import Sampler
+
+        super().__init__(path)
+        self.cfg, self.questions, self.dir = cfg, questions, iteration_dir
+        self.bot = Sampler(self, samples=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                           repeat_penalty=cfg.repeat_penalty, system_prompt=cfg.system_prompt, tools=cfg.tools).bot
+        done = {r["id"] for r in read_jsonl(self.dir / "samples.jsonl")} if (self.dir / "samples.jsonl").exists() \
+            else set()
+        self._draw([q.question for q in questions if q.id not in done], cfg.samples)
+        self.hints_drawn = False
+
+    def _draw(self, texts, n) -> None:
+        t0, before = time.perf_counter(), self.generated
+        self.prefill([self.bot.answer_prompt(t) for t in texts], n=n, max_tokens=self.cfg.max_tokens,
+                     temperature=self.cfg.temperature, repeat_penalty=self.cfg.repeat_penalty, tools=self.cfg.tools,
+                     seed=self.cfg.seed, progress=True)
+        s = time.perf_counter() - t0
+        print(f"star: {len(texts)} prompts x {n} drawn in {s:.0f} s "
+              f"({(self.generated - before) / max(s, 1e-9):.0f} tok/s)", flush=True)
+
+    def _completions(self, prompt, n, max_tokens, temperature, repeat_penalty, stop, tools):
+        from dca.star import hint_prompt
+
+        key = self._key(prompt, n, max_tokens, temperature, repeat_penalty, tools)
+        if key not in self._cache and not self.hints_drawn and n == self.cfg.hint_samples:
+            self.hints_drawn = True
+            right = {r["id"] for r in read_jsonl(self.dir / "samples.jsonl") if any(s["correct"] for s in r["samples"])}
+            done = {r["id"] for r in read_jsonl(self.dir / "rationales.jsonl")} \
+                if (self.dir / "rationales.jsonl").exists() else set()
+            self._draw([hint_prompt(q.question, q.gold) for q in self.questions if q.id not in right | done], n)
+        return super()._completions(prompt, n, max_tokens, temperature, repeat_penalty, stop, tools)
+
+
+def cmd_star(args) -> None:
+    """``dca distill star`` (one iteration) with the samples and rationalizations drawn here in batches; the
+    held-out evaluation is left to ``eval`` on ``OUT/iter-1/train/model`` (dca eval would load llama.cpp)."""
+    from dca.distill.generate import load_questions
+    from dca.star import StarConfig, run_star
+
+    train = {"method": "full", "precision": "auto", "seq_len": 1024, "batch_size": 4, "grad_accum": 1,
+             "gradient_checkpointing": False, "epochs": 1, "lr": args.lr, "eval_fraction": 0.01, "save_every": 100000,
+             "seed": 2}
+    if args.max_steps:
+        train["max_steps"] = args.max_steps
+    cfg = StarConfig(args.questions, args.out, model=str(args.model), iterations=1, samples=args.samples,
+                     keep=args.keep, limit=args.limit, max_tokens=args.max_tokens, tools=args.tools, train=train,
+                     qtype="F16", seed=args.seed, force=args.force)
+    questions = [q for q in load_questions(cfg.questions)[0] if q.gold is not None][:cfg.limit]
+    loaded = []
+
+    def sampler_for(path):
+        loaded.append(_StarHF(path, cfg, questions, cfg.out_dir / "iter-1"))
+        return loaded[-1]
+
+    t0 = time.perf_counter()
+    report = run_star(cfg, sampler_for=sampler_for)
+    it = report.iterations[-1]
+    print(f"star: {it.questions} questions, {it.samples} samples, {it.correct} right, pass@{cfg.samples} "
+          f"{it.pass_at_k:.1%}, {it.rationalized} rationalized ({it.rationales_kept} kept), {it.kept} traces; "
+          f"{time.perf_counter() - t0:.0f} s; {sum(m.misses for m in loaded)} drawn outside the batches")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -388,7 +458,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--verifier", required=True)
     a.add_argument("--limit", type=int, default=0)
     a.add_argument("--json-out", type=Path, default=None)
-    for s in (d, e):
+    t = sub.add_parser("star", help="dca distill star, one iteration (batched sampling; evaluate with eval)")
+    t.add_argument("questions", type=Path)
+    t.add_argument("-m", "--model", required=True, help="the model directory sampled from and fine-tuned")
+    t.add_argument("-o", "--out", type=Path, required=True)
+    t.add_argument("--samples", type=int, default=8)
+    t.add_argument("--keep", type=int, default=4)
+    t.add_argument("--limit", type=int, default=None)
+    t.add_argument("--max-tokens", type=int, default=256)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--max-steps", type=int, default=0)
+    for s in (d, e, t):
         s.add_argument("--tools", type=lambda v: tuple(x for x in v.split(",") if x), default=(),
                        help="tools answered while sampling: calculator")
         s.add_argument("--seed", type=int, default=0)
@@ -398,7 +478,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    {"data": cmd_data, "eval": cmd_eval, "auroc": cmd_auroc}[args.cmd](args)
+    {"data": cmd_data, "eval": cmd_eval, "auroc": cmd_auroc, "star": cmd_star}[args.cmd](args)
 
 
 if __name__ == "__main__":

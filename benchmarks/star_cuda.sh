@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 20 on a CUDA machine (benchmarks/README.md, "STaR on a GPU"): the issue-6 student trained again by its own
+# recipe, one STaR iteration from it (dca distill star's loop, its samples and rationalizations drawn in batches by
+# benchmarks/verifier_cuda.py), and both models on the first TEST_LIMIT GSM8K test questions, greedy and maj@K.
+#
+#   IN=dir-with-kept-traces BASE=SmolLM2-135M-Instruct.Q4_1.gguf DATA=../shared/data WORK=runs/i20-cuda \
+#       bash benchmarks/star_cuda.sh
+#
+# IN holds gsm8k/kept.jsonl and qwen3-gsm8k/kept.jsonl (the issue-6 dca distill import/filter commands); DATA
+# gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled; STEPS > 0 caps each
+# training run (a dry run); PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no
+# weights) are packed there. Every step's seconds in the log; a rerun skips the finished steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${IN:?the directory of the kept traces}" "${BASE:?the base GGUF}"
+DATA=${DATA:-../shared/data}
+WORK=${WORK:-runs/i20-cuda}
+STAR_LIMIT=${STAR_LIMIT:-2000}
+TEST_LIMIT=${TEST_LIMIT:-500}
+K=${K:-8}
+STEPS=${STEPS:-0}
+MAX_TOKENS=${MAX_TOKENS:-256}
+STAR_LR=${STAR_LR:-2e-5}
+EVAL_EVERY=${EVAL_EVERY:-100}
+mkdir -p "$WORK"
+
+dca() { python3 -c 'import sys; from dca.cli import main; sys.argv[0] = "dca"; sys.exit(main())' "$@"; }
+pack() {
+    [ -n "${PACK:-}" ] || return 0
+    (cd "$WORK" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' \
+        -o -name '*.yaml' \) -not -path '*/model/*' -not -path '*/checkpoint*' -print0 \
+        | tar -czf "$PACK.tmp" --null -T - && mv "$PACK.tmp" "$PACK")
+}
+step() {
+    local name=$1 s=$SECONDS; shift
+    if [ -e "$WORK/.done-$name" ]; then echo "== $name: done earlier"; return; fi
+    echo "== $name: $*"; "$@"; touch "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"; pack
+}
+cap=(); [ "$STEPS" -gt 0 ] && cap=(--max-steps "$STEPS")
+PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
+
+# 1. the issue-6 student: full fine-tuning, one epoch, batch 4, on the GSM8K traces and the Qwen3 traces
+step student dca distill train "$IN/gsm8k/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" -o "$WORK/student" \
+    --method full --precision auto --seq-len 1024 --batch-size 4 --grad-accum 1 --no-gradient-checkpointing \
+    --epochs 1 --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" --save-every 100000 \
+    --system-prompt "$PROMPT" --force "${cap[@]}"
+S="$WORK/student/model"
+T="$WORK/star/iter-1/train/model"
+ev() { python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --force "$@"; }
+
+# 2. the student, greedy; 3. one STaR iteration from it (continuing from its weights), greedy
+step greedy ev -m "$S" -o "$WORK/eval/student-greedy"
+scap=(); [ "$STEPS" -gt 0 ] && scap=(--max-steps "$STEPS")
+step star python3 benchmarks/verifier_cuda.py star "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/star" \
+    --samples "$K" --limit "$STAR_LIMIT" --max-tokens "$MAX_TOKENS" --lr "$STAR_LR" --force "${scap[@]}"
+step star-greedy ev -m "$T" -o "$WORK/eval/star1-greedy"
+
+# 4. both with K samples (maj@K, pass@K)
+step maj ev -m "$S" -o "$WORK/eval/student-maj$K" --samples "$K"
+step star-maj ev -m "$T" -o "$WORK/eval/star1-maj$K" --samples "$K"
