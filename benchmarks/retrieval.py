@@ -70,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also hybrid's first N chunks reordered by the cross-encoder (repeatable, e.g. --rerank 20)")
     p.add_argument("--backend", choices=("sentence-transformers", "llama.cpp"), default="sentence-transformers",
                    help="the embedder's backend (each has its own stores under --work)")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="the stores' chunk size (dca rag ingest --chunk-tokens; default: dca's); each size has "
+                        "its own stores under --work")
+    p.add_argument("--overlap-tokens", type=int, default=None, help="dca rag ingest --overlap-tokens")
     p.add_argument("--json-out", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -152,9 +156,16 @@ def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, ar
 
     questions = [q for i, q in enumerate(read_jsonl(qa)) if i % every == 0]
     questions = questions[:limit] if limit else questions
-    store_path = args.work / (name if args.backend == "sentence-transformers" else f"{name}-{args.backend}")
+    from dca.rag.store import StoreConfig
+
+    config = StoreConfig(**{k: v for k, v in (("chunk_tokens", args.chunk_tokens),
+                                              ("overlap_tokens", args.overlap_tokens)) if v is not None})
+    default = StoreConfig()
+    size = "" if (config.chunk_tokens, config.overlap_tokens) == (default.chunk_tokens, default.overlap_tokens) \
+        else f"-c{config.chunk_tokens}o{config.overlap_tokens}"
+    store_path = args.work / ((name if args.backend == "sentence-transformers" else f"{name}-{args.backend}") + size)
     embedder = default_embedder(args.backend)
-    with Store.create(store_path, embedder) if not (store_path / "manifest.json").exists() else \
+    with Store.create(store_path, embedder, config) if not (store_path / "manifest.json").exists() else \
             Store.open(store_path, embedder) as store:
         if store.info().chunks == 0:
             t0 = time.perf_counter()
@@ -191,7 +202,9 @@ def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, ar
     table = {v: {**{f"R@{k}": sum(r is not None and r <= k for r in rs) / n for k in KS},
                  "MRR@10": sum(1 / r for r in rs if r is not None) / n} for v, rs in ranks.items()}
     kind = "gold document" if any(gold_of(q)[0] for q in questions) else "answer-containing chunk"
+    words = statistics.mean(len(t.split()) for _, t in chunks.values()) if chunks else 0.0
     out = {"name": name, "questions": n, "documents": info.documents, "chunks": info.chunks, "relevance": kind,
+           "chunk_tokens": config.chunk_tokens, "overlap_tokens": config.overlap_tokens, "words_per_chunk": words,
            "search_ms_per_query_both_rankings": ms, "table": table}
     if rerank_s:
         out["rerank"] = {"candidates": max(args.rerank), "s_per_query_median": statistics.median(rerank_s)}
@@ -216,7 +229,8 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results = [run_set(*job, args) for job in jobs]
     for r in results:
-        print(f"\n{r['name']}: {r['questions']} questions, {r['documents']} documents, {r['chunks']} chunks, "
+        print(f"\n{r['name']}: {r['questions']} questions, {r['documents']} documents, {r['chunks']} chunks "
+              f"(--chunk-tokens {r['chunk_tokens']}, {r['words_per_chunk']:.0f} words on average), "
               f"relevance: {r['relevance']}, {r['search_ms_per_query_both_rankings']:.1f} ms/query (both rankings)"
               + (f"; reranking {r['rerank']['candidates']} chunks {r['rerank']['s_per_query_median']:.2f} s/query "
                  "(median)" if "rerank" in r else ""))

@@ -7,8 +7,9 @@
 #       bash benchmarks/star_cuda.sh
 #
 # IN holds gsm8k/kept.jsonl and qwen3-gsm8k/kept.jsonl (the issue-6 dca distill import/filter commands); DATA
-# gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled; STEPS > 0 caps each
-# training run (a dry run); PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no
+# gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled (STAR=0 skips STaR);
+# GRPO_STEPS > 0 adds a GRPO run from the student (dca distill rl, TRL's GRPOTrainer: GRPO_QUESTIONS questions x K
+# completions a step; TRL and datasets carried as wheels); STEPS > 0 caps each training run (a dry run); PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no
 # weights) are packed there. Every step's seconds in the log; a rerun skips the finished steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ STEPS=${STEPS:-0}
 MAX_TOKENS=${MAX_TOKENS:-256}
 STAR_LR=${STAR_LR:-2e-5}
 EVAL_EVERY=${EVAL_EVERY:-100}
+STAR=${STAR:-1}
+GRPO_STEPS=${GRPO_STEPS:-0}
+GRPO_QUESTIONS=${GRPO_QUESTIONS:-16}
 mkdir -p "$WORK"
 
 dca() { python3 -c 'import sys; from dca.cli import main; sys.argv[0] = "dca"; sys.exit(main())' "$@"; }
@@ -48,13 +52,23 @@ S="$WORK/student/model"
 T="$WORK/star/iter-1/train/model"
 ev() { python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --force "$@"; }
 
-# 2. the student, greedy; 3. one STaR iteration from it (continuing from its weights), greedy
+# 2. the student, greedy; 3. one STaR iteration from it (fine-tuning from its weights), greedy
 step greedy ev -m "$S" -o "$WORK/eval/student-greedy"
-scap=(); [ "$STEPS" -gt 0 ] && scap=(--max-steps "$STEPS")
-step star python3 benchmarks/verifier_cuda.py star "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/star" \
-    --samples "$K" --limit "$STAR_LIMIT" --max-tokens "$MAX_TOKENS" --lr "$STAR_LR" --force "${scap[@]}"
-step star-greedy ev -m "$T" -o "$WORK/eval/star1-greedy"
+if [ "$STAR" = 1 ]; then
+    step star python3 benchmarks/verifier_cuda.py star "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/star" \
+        --samples "$K" --limit "$STAR_LIMIT" --max-tokens "$MAX_TOKENS" --lr "$STAR_LR" --force "${cap[@]}"
+    step star-greedy ev -m "$T" -o "$WORK/eval/star1-greedy"
+fi
 
-# 4. both with K samples (maj@K, pass@K)
+# 4. with K samples (maj@K, pass@K)
 step maj ev -m "$S" -o "$WORK/eval/student-maj$K" --samples "$K"
-step star-maj ev -m "$T" -o "$WORK/eval/star1-maj$K" --samples "$K"
+if [ "$STAR" = 1 ]; then step star-maj ev -m "$T" -o "$WORK/eval/star1-maj$K" --samples "$K"; fi
+
+# 5. (GRPO_STEPS > 0) GRPO from the student, greedy and maj@K
+if [ "$GRPO_STEPS" -gt 0 ]; then
+    step grpo dca distill rl "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/grpo" --method full --samples "$K" \
+        --questions-per-step "$GRPO_QUESTIONS" --max-tokens "$MAX_TOKENS" --max-steps "$GRPO_STEPS" \
+        --save-every 100000 --force
+    step grpo-greedy ev -m "$WORK/grpo/model" -o "$WORK/eval/grpo-greedy"
+    step grpo-maj ev -m "$WORK/grpo/model" -o "$WORK/eval/grpo-maj$K" --samples "$K"
+fi
