@@ -29,7 +29,7 @@ containing an answer (case-insensitive); and the search time per query of the tw
 
     .venv/bin/python benchmarks/retrieval.py [--set squad --set obliqa] [--corpus C --qa Q --name N]
         [--limit N] [--every N] [--candidates 40] [--work DIR] [--backend llama.cpp] [--rerank N]
-        [--json-out F]
+        [--chunk-tokens 220 --overlap-tokens 32] [--json-out F]
 
 ``squad`` is SQuAD v1.1 dev (2,067 Wikipedia paragraphs, its first 1,000 questions); ``obliqa`` is ObliQA (1,507
 sections of a financial regulator's rulebooks, every 9th of its 2,788 dev questions: 310). To choose weights for
@@ -153,11 +153,10 @@ def score(ranked: list[int], chunks: dict, gold_ids: set[str], answers: list[str
 
 def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, args) -> dict:
     from dca.rag import Store, default_embedder
+    from dca.rag.store import StoreConfig
 
     questions = [q for i, q in enumerate(read_jsonl(qa)) if i % every == 0]
     questions = questions[:limit] if limit else questions
-    from dca.rag.store import StoreConfig
-
     config = StoreConfig(**{k: v for k, v in (("chunk_tokens", args.chunk_tokens),
                                               ("overlap_tokens", args.overlap_tokens)) if v is not None})
     default = StoreConfig()
@@ -171,6 +170,10 @@ def run_set(name: str, corpus: Path, qa: Path, limit: int | None, every: int, ar
             t0 = time.perf_counter()
             store.ingest([corpus])
             print(f"{name}: ingested {corpus.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        built = (store.config.chunk_tokens, store.config.overlap_tokens)
+        if built != (config.chunk_tokens, config.overlap_tokens):
+            raise SystemExit(f"{store_path} was built with --chunk-tokens {built[0]} --overlap-tokens {built[1]}, "
+                             f"not {config.chunk_tokens}/{config.overlap_tokens}: remove it or use another --work")
         info = store.info()
         runs, chunks, ms = collect(store, questions, args.candidates)
     reranker, rerank_s = None, []

@@ -7,11 +7,14 @@
 #       bash benchmarks/star_cuda.sh
 #
 # IN holds gsm8k/kept.jsonl and qwen3-gsm8k/kept.jsonl (the issue-6 dca distill import/filter commands); DATA
-# gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled (STAR=0 skips STaR);
+# gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled (STAR=0 skips STaR).
 # GRPO_STEPS > 0 adds a GRPO run from the student (dca distill rl, TRL's GRPOTrainer: GRPO_QUESTIONS questions x K
-# completions a step; TRL and datasets carried as wheels); STEPS > 0 caps each training run (a dry run); PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no
-# weights) are packed there. Every step's seconds in the log; a rerun skips the finished steps.
+# completions a step; TRL and datasets carried as wheels). STEPS > 0 caps each training run (a dry run).
+# PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no weights) are packed there.
+# Every step's seconds in the log. A rerun skips each step finished with the same command (WORK/.done-NAME holds
+# it); STaR and GRPO continue where they stopped.
 set -euo pipefail
+if [ -n "${PACK:-}" ]; then PACK=$(realpath -m "$PACK"); fi
 cd "$(dirname "$0")/.."
 : "${IN:?the directory of the kept traces}" "${BASE:?the base GGUF}"
 DATA=${DATA:-../shared/data}
@@ -37,8 +40,10 @@ pack() {
 }
 step() {
     local name=$1 s=$SECONDS; shift
-    if [ -e "$WORK/.done-$name" ]; then echo "== $name: done earlier"; return; fi
-    echo "== $name: $*"; "$@"; touch "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"; pack
+    if [ -e "$WORK/.done-$name" ] && [ "$(cat "$WORK/.done-$name")" = "$*" ]; then
+        echo "== $name: done earlier"; return
+    fi
+    echo "== $name: $*"; "$@"; printf '%s' "$*" > "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"; pack
 }
 cap=(); [ "$STEPS" -gt 0 ] && cap=(--max-steps "$STEPS")
 PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
@@ -56,7 +61,7 @@ ev() { python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" --limit
 step greedy ev -m "$S" -o "$WORK/eval/student-greedy"
 if [ "$STAR" = 1 ]; then
     step star python3 benchmarks/verifier_cuda.py star "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/star" \
-        --samples "$K" --limit "$STAR_LIMIT" --max-tokens "$MAX_TOKENS" --lr "$STAR_LR" --force "${cap[@]}"
+        --samples "$K" --limit "$STAR_LIMIT" --max-tokens "$MAX_TOKENS" --lr "$STAR_LR" "${cap[@]}"
     step star-greedy ev -m "$T" -o "$WORK/eval/star1-greedy"
 fi
 
@@ -68,7 +73,7 @@ if [ "$STAR" = 1 ]; then step star-maj ev -m "$T" -o "$WORK/eval/star1-maj$K" --
 if [ "$GRPO_STEPS" -gt 0 ]; then
     step grpo dca distill rl "$DATA/gsm8k_train.jsonl" -m "$S" -o "$WORK/grpo" --method full --samples "$K" \
         --questions-per-step "$GRPO_QUESTIONS" --max-tokens "$MAX_TOKENS" --max-steps "$GRPO_STEPS" \
-        --save-every 100000 --force
+        --save-every 100000
     step grpo-greedy ev -m "$WORK/grpo/model" -o "$WORK/eval/grpo-greedy"
     step grpo-maj ev -m "$WORK/grpo/model" -o "$WORK/eval/grpo-maj$K" --samples "$K"
 fi

@@ -41,6 +41,7 @@ from _common import read_jsonl, write_json
 from transformers import LogitsProcessor
 
 from dca.llm.base import LLM, Completion
+from dca.star import hint_prompt
 
 TOP_K, TOP_P, PENALTY_LAST_N = 64, 0.95, 64  # dca.llm.sampling's
 MAX_SEQUENCES = int(os.environ.get("VERIFIER_CUDA_SEQUENCES", 2048))  # sequences decoded together
@@ -366,6 +367,9 @@ def cmd_auroc(args) -> None:
     write_json(args.json_out, res)
 
 
+HINT_MARK = hint_prompt("", "")[:-3]  # "\n\n(Hint: the answer is": only rationalization asks it
+
+
 class _StarHF(BatchedHF):
     """:class:`BatchedHF` for ``dca distill star``'s sampler: the k samples of every question not yet in
     ``samples.jsonl`` drawn in batches at load, and at the first rationalization asked, the hint prompts of every
@@ -393,10 +397,8 @@ class _StarHF(BatchedHF):
               f"({(self.generated - before) / max(s, 1e-9):.0f} tok/s)", flush=True)
 
     def _completions(self, prompt, n, max_tokens, temperature, repeat_penalty, stop, tools):
-        from dca.star import hint_prompt
-
         key = self._key(prompt, n, max_tokens, temperature, repeat_penalty, tools)
-        if key not in self._cache and not self.hints_drawn and n == self.cfg.hint_samples:
+        if key not in self._cache and not self.hints_drawn and HINT_MARK in prompt:
             self.hints_drawn = True
             right = {r["id"] for r in read_jsonl(self.dir / "samples.jsonl") if any(s["correct"] for s in r["samples"])}
             done = {r["id"] for r in read_jsonl(self.dir / "rationales.jsonl")} \
