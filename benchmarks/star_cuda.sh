@@ -10,9 +10,8 @@
 # gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled (STAR=0 skips STaR).
 # GRPO_STEPS > 0 adds a GRPO run from the student (dca distill rl, TRL's GRPOTrainer: GRPO_QUESTIONS questions x K
 # completions a step; TRL and datasets carried as wheels). STEPS > 0 caps each training run (a dry run).
-# PACK=FILE.tgz: after each step the small results (evals, reports, samples, logs; no weights) are packed there.
-# Every step's seconds in the log. A rerun skips each step finished with the same command (WORK/.done-NAME holds
-# it); STaR and GRPO continue where they stopped.
+# PACK=FILE.tgz, the step markers and the recipe: benchmarks/_cuda_steps.sh. STaR and GRPO continue where they
+# stopped.
 set -euo pipefail
 if [ -n "${PACK:-}" ]; then PACK=$(realpath -m "$PACK"); fi
 cd "$(dirname "$0")/.."
@@ -29,30 +28,11 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 STAR=${STAR:-1}
 GRPO_STEPS=${GRPO_STEPS:-0}
 GRPO_QUESTIONS=${GRPO_QUESTIONS:-16}
-mkdir -p "$WORK"
-
-dca() { python3 -c 'import sys; from dca.cli import main; sys.argv[0] = "dca"; sys.exit(main())' "$@"; }
-pack() {
-    [ -n "${PACK:-}" ] || return 0
-    (cd "$WORK" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' \
-        -o -name '*.yaml' \) -not -path '*/model/*' -not -path '*/checkpoint*' -print0 \
-        | tar -czf "$PACK.tmp" --null -T - && mv "$PACK.tmp" "$PACK")
-}
-step() {
-    local name=$1 s=$SECONDS; shift
-    if [ -e "$WORK/.done-$name" ] && [ "$(cat "$WORK/.done-$name")" = "$*" ]; then
-        echo "== $name: done earlier"; return
-    fi
-    echo "== $name: $*"; "$@"; printf '%s' "$*" > "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"; pack
-}
-cap=(); [ "$STEPS" -gt 0 ] && cap=(--max-steps "$STEPS")
-PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
+source benchmarks/_cuda_steps.sh
 
 # 1. the issue-6 student: full fine-tuning, one epoch, batch 4, on the GSM8K traces and the Qwen3 traces
 step student dca distill train "$IN/gsm8k/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" -o "$WORK/student" \
-    --method full --precision auto --seq-len 1024 --batch-size 4 --grad-accum 1 --no-gradient-checkpointing \
-    --epochs 1 --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" --save-every 100000 \
-    --system-prompt "$PROMPT" --force "${cap[@]}"
+    --epochs 1 "${ISSUE6[@]}"
 S="$WORK/student/model"
 T="$WORK/star/iter-1/train/model"
 ev() { python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --force "$@"; }

@@ -22,24 +22,12 @@ K=${K:-8}
 STEPS=${STEPS:-0}
 TOOLS=${TOOLS:-}  # calculator: its replies written into the samples (verifier data and the k test samples)
 EVAL_EVERY=${EVAL_EVERY:-100}
-mkdir -p "$WORK"
-
-dca() { python3 -c 'import sys; from dca.cli import main; sys.argv[0] = "dca"; sys.exit(main())' "$@"; }
-# step NAME CMD...: runs CMD unless an earlier run finished it (WORK/.done-NAME), so a rerun continues
-step() {
-    local name=$1 s=$SECONDS; shift
-    if [ -e "$WORK/.done-$name" ]; then echo "== $name: done earlier"; return; fi
-    echo "== $name: $*"; "$@"; touch "$WORK/.done-$name"; echo "== $name: $(( SECONDS - s )) s"
-}
-cap=(); [ "$STEPS" -gt 0 ] && cap=(--max-steps "$STEPS")
+source benchmarks/_cuda_steps.sh
 tools=(); [ -n "$TOOLS" ] && tools=(--tools "$TOOLS")
-PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
 
 # 1. the student: the issue-6 recipe (full fine-tuning, one epoch, batch 4) on the traces with the notes kept
 step student dca distill train "$IN/gsm8k-notes/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" -o "$WORK/student" \
-    --method full --precision auto --seq-len 1024 --batch-size 4 --grad-accum 1 --no-gradient-checkpointing \
-    --epochs 1 --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" --save-every 100000 \
-    --system-prompt "$PROMPT" --force "${cap[@]}"
+    --epochs 1 "${ISSUE6[@]}"
 S="$WORK/student/model"
 
 # 2. greedy on the test questions
@@ -71,9 +59,7 @@ step auroc python3 benchmarks/verifier_cuda.py auroc "$WORK/vdata-heldout" --ver
 # 7. (EPOCHS3=1) the same student trained for three epochs: greedy and maj@k, the ORM of step 4 choosing too
 if [ "${EPOCHS3:-0}" = 1 ]; then
     step student3 dca distill train "$IN/gsm8k-notes/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" \
-        -o "$WORK/student3" --method full --precision auto --seq-len 1024 --batch-size 4 --grad-accum 1 \
-        --no-gradient-checkpointing --epochs 3 --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" \
-        --save-every 100000 --system-prompt "$PROMPT" --force "${cap[@]}"
+        -o "$WORK/student3" --epochs 3 "${ISSUE6[@]}"
     step greedy3 python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" -m "$WORK/student3/model" \
         -o "$WORK/eval/greedy-3ep" --limit "$TEST_LIMIT" --force
     step wv3 python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" -m "$WORK/student3/model" \

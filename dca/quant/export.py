@@ -250,7 +250,6 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
             under ``cfg.out`` then.
         MissingDependencyError: transformers, gguf, peft or llama-cpp-python is missing.
     """
-    from .. import __version__
     from .gguf_writer import require_gguf, write_gguf, write_lora_gguf
     from .quantize import quantize_gguf
     from .source import load_source
@@ -327,12 +326,26 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
     seconds["total"] = time.perf_counter() - t_start
     size = out.stat().st_size
     sha = sha256_file(out)
+    manifest = _manifest(cfg, loaded, info, arch=hf_arch, direct=direct, tensors_from=tensors_from, size=size,
+                         sha=sha, seconds=seconds, lora=(lora_info, lora_type), warnings=warnings)
+    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
+    log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
+    return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
+                        seconds=seconds, manifest=manifest, warnings=warnings,
+                        lora_path=lora_path(out) if lora_info is not None else None)
+
+
+def _manifest(cfg: ExportConfig, loaded, info, *, arch: str, direct: bool, tensors_from: Path | None, size: int,
+              sha: str, seconds: dict, lora: tuple, warnings: list[str]) -> dict:
+    """The manifest written beside ``cfg.out`` (``lora``: the adapter GGUF's writer info and type, or None)."""
+    from .. import __version__
+
     manifest = {
-        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "gguf": out.name,
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "gguf": cfg.out.name,
         "source": {"path": str(cfg.source.resolve()), "kind": loaded.kind,
                    "base": str(loaded.base.resolve()) if loaded.base else None,
                    "adapter": str(loaded.adapter.resolve()) if loaded.adapter else None},
-        "architecture": hf_arch,
+        "architecture": arch,
         "gguf_architecture": info.architecture,
         "quant_type": cfg.qtype,
         "intermediate_type": None if direct else cfg.intermediate,
@@ -346,15 +359,11 @@ def export(cfg: ExportConfig, progress: ProgressFn | None = None) -> ExportResul
         "dca_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if lora_info is not None:
-        manifest["lora"] = _lora_manifest(lora_path(out), lora_info, lora_type)
+    if lora[0] is not None:
+        manifest["lora"] = _lora_manifest(lora_path(cfg.out), *lora)
     if warnings:
         manifest["warnings"] = warnings
-    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")  # ASCII JSON, as before
-    log.info("exported %s (%s, %d bytes) in %.1f s", out, cfg.qtype, size, seconds["total"])
-    return ExportResult(path=out, manifest_path=manifest_path(out), qtype=cfg.qtype, size_bytes=size, sha256=sha,
-                        seconds=seconds, manifest=manifest, warnings=warnings,
-                        lora_path=lora_path(out) if lora_info is not None else None)
+    return manifest
 
 
 def _refuse_existing(out: Path) -> None:
