@@ -10,7 +10,7 @@
 # gsm8k_train.jsonl and gsm8k_test.jsonl. STAR_LIMIT: the first N training questions sampled (STAR=0 skips STaR).
 # GRPO_STEPS > 0 adds a GRPO run from the student (dca distill rl, TRL's GRPOTrainer: GRPO_QUESTIONS questions x K
 # completions a step; TRL and datasets carried as wheels). STEPS > 0 caps each training run (a dry run).
-# PACK=FILE.tgz, the step markers and the recipe: benchmarks/_cuda_steps.sh. STaR and GRPO continue where they
+# PACK=FILE.tgz, the step markers and the recipe: benchmarks/_steps.sh. STaR and GRPO continue where they
 # stopped.
 set -euo pipefail
 if [ -n "${PACK:-}" ]; then PACK=$(realpath -m "$PACK"); fi
@@ -28,11 +28,11 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 STAR=${STAR:-1}
 GRPO_STEPS=${GRPO_STEPS:-0}
 GRPO_QUESTIONS=${GRPO_QUESTIONS:-16}
-source benchmarks/_cuda_steps.sh
+source benchmarks/_steps.sh
 
 # 1. the issue-6 student: full fine-tuning, one epoch, batch 4, on the GSM8K traces and the Qwen3 traces
 step student dca distill train "$IN/gsm8k/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" -o "$WORK/student" \
-    --epochs 1 "${ISSUE6[@]}"
+    --epochs 1 "${ISSUE6[@]}" "${ONE_CALL[@]}"
 S="$WORK/student/model"
 T="$WORK/star/iter-1/train/model"
 ev() { python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --force "$@"; }

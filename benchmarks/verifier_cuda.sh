@@ -22,12 +22,12 @@ K=${K:-8}
 STEPS=${STEPS:-0}
 TOOLS=${TOOLS:-}  # calculator: its replies written into the samples (verifier data and the k test samples)
 EVAL_EVERY=${EVAL_EVERY:-100}
-source benchmarks/_cuda_steps.sh
+source benchmarks/_steps.sh
 tools=(); [ -n "$TOOLS" ] && tools=(--tools "$TOOLS")
 
 # 1. the student: the issue-6 recipe (full fine-tuning, one epoch, batch 4) on the traces with the notes kept
 step student dca distill train "$IN/gsm8k-notes/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" -o "$WORK/student" \
-    --epochs 1 "${ISSUE6[@]}"
+    --epochs 1 "${ISSUE6[@]}" "${ONE_CALL[@]}"
 S="$WORK/student/model"
 
 # 2. greedy on the test questions
@@ -59,7 +59,7 @@ step auroc python3 benchmarks/verifier_cuda.py auroc "$WORK/vdata-heldout" --ver
 # 7. (EPOCHS3=1) the same student trained for three epochs: greedy and maj@k, the ORM of step 4 choosing too
 if [ "${EPOCHS3:-0}" = 1 ]; then
     step student3 dca distill train "$IN/gsm8k-notes/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" -m "$BASE" \
-        -o "$WORK/student3" --epochs 3 "${ISSUE6[@]}"
+        -o "$WORK/student3" --epochs 3 "${ISSUE6[@]}" "${ONE_CALL[@]}"
     step greedy3 python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" -m "$WORK/student3/model" \
         -o "$WORK/eval/greedy-3ep" --limit "$TEST_LIMIT" --force
     step wv3 python3 benchmarks/verifier_cuda.py eval "$DATA/gsm8k_test.jsonl" -m "$WORK/student3/model" \

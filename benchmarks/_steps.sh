@@ -1,8 +1,11 @@
-# Shared by verifier_cuda.sh and star_cuda.sh (sourced after WORK, STEPS and EVAL_EVERY are set, from the repo root).
+# Shared by verifier_cuda.sh, star_cuda.sh and grpo_cpu.sh (sourced after WORK, STEPS and EVAL_EVERY are set, from the
+# repo root, with the python3 that has dca's dependencies first on PATH).
 #   dca ARGS...       the dca CLI of this checkout (python3 -m, no install needed)
 #   step NAME CMD...  runs CMD unless an earlier run finished the same CMD (WORK/.done-NAME holds it), so a rerun
 #                     continues and a changed setting runs the step again; then packs the results (PACK)
-#   ISSUE6            the issue-6 student's recipe (full fine-tuning, batch 4, lr 5e-5); add --epochs and the data
+#   ISSUE6            the issue-6 student's recipe (full fine-tuning, batch 4, lr 5e-5); add --epochs, the data and
+#                     how the run checkpoints: ONE_CALL, or --save-every N for a run that continues over sessions
+#   ONE_CALL          a training run made within one device call: no checkpoints, a rerun starts it over; and cap
 #   cap               --max-steps STEPS when STEPS > 0 (a dry run)
 # PACK=FILE.tgz: after each step the small results under WORK (evals, reports, samples, logs; no weights) go there.
 mkdir -p "$WORK"
@@ -23,5 +26,5 @@ step() {
 cap=(); if [ "$STEPS" -gt 0 ]; then cap=(--max-steps "$STEPS"); fi
 PROMPT=$(python3 -c 'from dca.assistant.config import GSM8K_SYSTEM_PROMPT as p; print(p)')
 ISSUE6=(--method full --precision auto --seq-len 1024 --batch-size 4 --grad-accum 1 --no-gradient-checkpointing
-        --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" --save-every 100000
-        --system-prompt "$PROMPT" --force "${cap[@]}")
+        --lr 5e-5 --seed 2 --eval-fraction 0.005 --eval-every "$EVAL_EVERY" --system-prompt "$PROMPT")
+ONE_CALL=(--save-every 100000 --force "${cap[@]}")

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue 20 on this CPU (benchmarks/README.md, "GRPO from the student on this CPU"): the issue-6 student trained by its
+# recipe, a GRPO run from it (dca distill rl, TRL's GRPOTrainer), both exported to Q4_K_M GGUF and evaluated by dca
+# eval (llama.cpp) on the first TEST_LIMIT GSM8K test questions, greedy and maj@K, compared by dca eval compare.
+# Every step continues where it stopped: training and GRPO from their checkpoints, the evaluations with --resume, so
+# the same command run again (in a later session) goes on; a finished step is skipped (benchmarks/_steps.sh).
+#
+#   IN=dir-with-kept-traces DATA=../shared/data WORK=runs/i20-cpu \
+#       SAMPLES=runs/i20-cuda/star/iter-1/samples.jsonl bash benchmarks/grpo_cpu.sh
+#
+# IN holds gsm8k/kept.jsonl and qwen3-gsm8k/kept.jsonl (the issue-6 dca distill import/filter commands); DATA
+# gsm8k_train.jsonl and gsm8k_test.jsonl. GRPO's questions: with SAMPLES (a dca distill star samples.jsonl of this
+# student's recipe), the training questions with some but not all K samples right, where a GRPO group's rewards
+# differ and so give a gradient (DAPO's dynamic sampling, Yu et al. 2025, arXiv 2503.14476, applied once, before
+# training); without it, the first GRPO_LIMIT training questions. BASE: the base model (the bundled one by default).
+# STEPS > 0 caps the student's training and TEST_LIMIT/GRPO_STEPS can be made small: a dry run.
+set -euo pipefail
+if [ -n "${SAMPLES:-}" ]; then SAMPLES=$(realpath "$SAMPLES"); fi
+cd "$(dirname "$0")/.."
+if [ -x .venv/bin/python3 ]; then PATH=$PWD/.venv/bin:$PATH; fi
+: "${IN:?the directory of the kept traces}"
+DATA=${DATA:-../shared/data}
+WORK=${WORK:-runs/i20-cpu}
+TEST_LIMIT=${TEST_LIMIT:-500}
+K=${K:-8}
+STEPS=${STEPS:-0}
+EVAL_EVERY=${EVAL_EVERY:-50}
+GRPO_STEPS=${GRPO_STEPS:-40}
+GRPO_QUESTIONS=${GRPO_QUESTIONS:-4}
+GRPO_LR=${GRPO_LR:-5e-6}
+GRPO_LIMIT=${GRPO_LIMIT:-2000}
+MAX_TOKENS=${MAX_TOKENS:-256}
+source benchmarks/_steps.sh
+base=(); if [ -n "${BASE:-}" ]; then base=(-m "$BASE"); fi
+
+# 1. the issue-6 student: full fine-tuning, one epoch, batch 4 (fp32: this CPU emulates bf16), a checkpoint every
+#    10 steps; 2. its Q4_K_M GGUF and its greedy answers
+step student dca distill train "$IN/gsm8k/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" "${base[@]}" -o "$WORK/student" \
+    --epochs 1 "${ISSUE6[@]}" --save-every 10 "${cap[@]}"
+step student-gguf dca quant export "$WORK/student" -t Q4_K_M -o "$WORK/student.Q4_K_M.gguf" --force
+ev() { dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --resume "$@"; }
+step student-greedy ev -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-greedy"
+
+# 3. GRPO from the student (full, GRPO_QUESTIONS questions x K completions a step, a checkpoint every 5 steps)
+if [ -n "${SAMPLES:-}" ]; then
+    python3 - "$SAMPLES" "$K" "$WORK/grpo-questions.jsonl" <<'EOF'
+import json, sys
+samples, k, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = [json.loads(line) for line in open(samples, encoding="utf-8")]
+mixed = [r for r in rows if 0 < sum(s["correct"] for s in r["samples"][:k]) < k]
+with open(out + ".tmp", "w", encoding="utf-8") as f:
+    for r in mixed:
+        f.write(json.dumps({"id": r["id"], "question": r["question"], "gold": r["gold"]}) + "\n")
+import os; os.replace(out + ".tmp", out)
+print(f"GRPO questions: {len(mixed)} of {len(rows)} with 1..{k - 1} of {k} samples right ({samples})")
+EOF
+else
+    head -n "$GRPO_LIMIT" "$DATA/gsm8k_train.jsonl" > "$WORK/grpo-questions.jsonl"
+fi
+step grpo dca distill rl "$WORK/grpo-questions.jsonl" -m "$WORK/student/model" -o "$WORK/grpo" --method full \
+    --samples "$K" --questions-per-step "$GRPO_QUESTIONS" --max-tokens "$MAX_TOKENS" --lr "$GRPO_LR" \
+    --max-steps "$GRPO_STEPS" --save-every 5
+step grpo-gguf dca quant export "$WORK/grpo" -t Q4_K_M -o "$WORK/grpo.Q4_K_M.gguf" --force
+step grpo-greedy ev -m "$WORK/grpo.Q4_K_M.gguf" -o "$WORK/eval/grpo-greedy"
+dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/grpo-greedy" | tee "$WORK/eval/compare-greedy.txt"
+
+# 4. K samples of each test question (maj@K, pass@K), the student and the GRPO policy
+step student-maj ev -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-maj$K" --samples "$K"
+step grpo-maj ev -m "$WORK/grpo.Q4_K_M.gguf" -o "$WORK/eval/grpo-maj$K" --samples "$K"
+dca eval compare "$WORK/eval/student-maj$K" "$WORK/eval/grpo-maj$K" | tee "$WORK/eval/compare-maj$K.txt"
