@@ -5,9 +5,11 @@ sample labelled right or wrong by the answer checker), scores every sample with 
 per verifier: AUROC over all samples (Hanley & McNeil 1982; 0.5 is chance), and over the questions the accuracy of
 the answer chosen by best-of-k (the best-scored sample), by verifier-weighted voting (answers clustered, scores
 summed), by majority vote (no verifier), and pass@k (the ceiling any choice can reach), all on the same samples.
+A process verifier (``--prm``) scores a whole solution as its last step's score, P(Yes) to "Are the steps so far
+correct?" after the final step: the score by which beam search picks among finished solutions.
 
     .venv/bin/python benchmarks/verifier_auroc.py HELDOUT_DIR --verifier verifier.gguf [--verifier other.gguf]
-        [--limit N] [--json-out F]
+        [--prm prm.gguf] [--limit N] [--json-out F]
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from _common import read_jsonl, write_json
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data_dir", type=Path, help="a dca distill verifier output directory (its samples.jsonl)")
-    p.add_argument("--verifier", action="append", required=True, help="verifier GGUF (repeatable)")
+    p.add_argument("--verifier", action="append", default=[], help="outcome verifier GGUF (repeatable)")
+    p.add_argument("--prm", action="append", default=[], help="process verifier GGUF, scored on the last step "
+                   "(repeatable)")
     p.add_argument("--limit", type=int, default=0, help="first N questions (default: all)")
     p.add_argument("--json-out", type=Path, default=None, help="write the figures to this JSON file")
     return p.parse_args(argv)
@@ -52,13 +56,15 @@ def choices(rows: list[dict], scores: list[list[float]]) -> dict[str, float]:
     return {"best_of_k": best / n, "weighted_vote": weighted / n, "majority": majority / n, "pass_at_k": solved / n}
 
 
-def measure(rows: list[dict], verifier) -> dict:
-    """Score every sample of ``rows`` with ``verifier`` (a :class:`dca.assistant.verifier.Verifier`): AUROC (None when
-    every sample is right or every one wrong), the choices of :func:`choices`, seconds per question, verifier tokens."""
+def measure(rows: list[dict], verifier, *, process: bool = False) -> dict:
+    """Score every sample of ``rows`` with ``verifier`` (a :class:`dca.assistant.verifier.Verifier`; ``process``: as a
+    PRM, on the whole solution's steps): AUROC (None when every sample is right or every one wrong), the choices of
+    :func:`choices`, seconds per question, verifier tokens."""
     from dca.eval.stats import auroc
 
     t0 = time.perf_counter()
-    scores = [verifier.score(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
+    judge = verifier.score_partial if process else verifier.score
+    scores = [judge(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
     seconds = time.perf_counter() - t0
     flat = [x for ss in scores for x in ss]
     labels = [s["correct"] for r in rows for s in r["samples"]]
@@ -79,6 +85,8 @@ def summary(name, res: dict, k: int) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if not args.verifier and not args.prm:
+        raise SystemExit("verifier_auroc.py: give at least one --verifier or --prm GGUF")
     from dca.assistant.verifier import Verifier
 
     rows = read_jsonl(args.data_dir / "samples.jsonl", args.limit)
@@ -86,9 +94,9 @@ def main(argv=None) -> None:
     print(f"{len(rows)} questions x {k} samples from {args.data_dir}; "
           f"{sum(s['correct'] for r in rows for s in r['samples'])} samples right")
     results = {}
-    for path in args.verifier:
+    for path, process in [(v, False) for v in args.verifier] + [(v, True) for v in args.prm]:
         v = Verifier(path)
-        results[path] = res = measure(rows, v)
+        results[path] = res = measure(rows, v, process=process)
         print(summary(path, res, k))
         v.close()
     write_json(args.json_out, {"data_dir": str(args.data_dir), "questions": len(rows), "k": k, "results": results})
