@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a script's ``main`` and exit with its status, as the ``dca`` CLI ends: a dca error (bad input, a missing
+    file or model) prints ``error: MESSAGE`` on stderr alone and exits 1, Ctrl-C exits 130; any other exception
+    keeps its traceback (a bug, not bad input)."""
+    from dca.errors import DcaError
+
+    try:
+        status = main()
+    except DcaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status)
 
 
 def default_data_dir() -> Path:
@@ -12,14 +31,26 @@ def default_data_dir() -> Path:
 
 
 def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
-    """The first ``limit`` records of a JSONL file (all when 0), blank lines skipped."""
+    """The first ``limit`` records of a JSONL file (all when 0), blank lines skipped.
+
+    Raises:
+        LoaderError: the file cannot be opened, or a line is not JSON (the message names the file and line).
+    """
+    from dca.errors import LoaderError
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit and len(rows) >= limit:
-                    break
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise LoaderError(path, f"line {n} is not JSON ({e.msg})") from None
+                    if limit and len(rows) >= limit:
+                        break
+    except OSError as e:
+        raise LoaderError(path, f"cannot open it ({e.strerror or e})") from None
     return rows
 
 

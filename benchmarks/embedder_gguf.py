@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import default_data_dir, read_jsonl, write_json
+from _common import default_data_dir, read_jsonl, run_main, write_json
 
 
 def cold(store: Path, backend: str, argvs: list[list[str]], *, prompt_cache: bool = True) -> tuple[float, list[str]]:
@@ -125,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_json
+from _common import run_main, write_json
 
 
 def main(argv=None) -> int:
@@ -82,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import write_json
+from _common import run_main, write_json
 
 PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
           "clips did Natalia sell altogether in April and May? ")
@@ -89,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
+from _common import default_data_dir, read_jsonl, run_main, write_json
 
 KS = (1, 5, 10)
 SETS = {"squad": ("squad_dev_corpus.jsonl", "squad_dev_qa.jsonl", 1000, 1),
@@ -246,4 +246,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

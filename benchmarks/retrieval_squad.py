@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
+from _common import default_data_dir, read_jsonl, run_main, write_json
 
 MODES = ("dense", "lexical", "hybrid")
 KS = (1, 5, 10)
@@ -182,4 +182,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

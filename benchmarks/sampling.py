@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
+from _common import default_data_dir, read_jsonl, run_main, write_json
 
 SYSTEM = "Solve the problem step by step, then give the final answer as \\boxed{N}."
 
@@ -69,4 +69,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -23,11 +23,10 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from _common import write_json
+from _common import run_main, write_json
 
 QUESTIONS = [
     "What is the capital of France?", "Name three primary colours.", "What is 12 times 12?",
@@ -212,4 +211,4 @@ async def _one(url: str, question: str, max_tokens: int) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

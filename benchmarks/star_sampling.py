@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import default_data_dir, read_jsonl, write_json
+from _common import default_data_dir, read_jsonl, run_main, write_json
 
 
 def main(argv=None) -> int:
@@ -98,4 +98,4 @@ def _assistant(llm):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

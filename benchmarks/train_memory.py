@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import build_gsm8k_sft, default_data_dir, write_json
+from _common import build_gsm8k_sft, default_data_dir, run_main, write_json
 
 TODAY = "DCA_MALLOC_MMAP_THRESHOLD=0 --no-gradient-checkpointing --batch-size 4 --grad-accum 1 --lora-dropout 0.05"
 FULL = "--method full --lr 5e-5"
@@ -144,4 +144,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import build_gsm8k_sft, default_data_dir, write_json
+from _common import build_gsm8k_sft, default_data_dir, run_main, write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
@@ -189,4 +189,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -19,7 +19,7 @@ import math
 import time
 from pathlib import Path
 
-from _common import read_jsonl, write_json
+from _common import read_jsonl, run_main, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,4 +103,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

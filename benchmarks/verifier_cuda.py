@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import read_jsonl, write_json
+from _common import read_jsonl, run_main, write_json
 from transformers import LogitsProcessor
 
 from dca.llm.base import LLM, Completion
@@ -484,4 +483,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
