@@ -34,7 +34,8 @@ def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
     """The first ``limit`` records of a JSONL file (all when 0), blank lines skipped.
 
     Raises:
-        LoaderError: the file cannot be opened, or a line is not JSON (the message names the file and line).
+        LoaderError: the file cannot be opened, is not UTF-8, or a line is not JSON (the message names the file
+            and line).
     """
     from dca.errors import LoaderError
 
@@ -51,6 +52,8 @@ def read_jsonl(path: Path, limit: int = 0) -> list[dict]:
                         break
     except OSError as e:
         raise LoaderError(path, f"cannot open it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise LoaderError(path, f"not UTF-8 text (byte {e.start} of a line)") from None
     return rows
 
 

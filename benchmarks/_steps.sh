@@ -1,6 +1,6 @@
 # Shared by verifier_cuda.sh, star_cuda.sh and grpo_cpu.sh (sourced after WORK, STEPS and EVAL_EVERY are set, from the
 # repo root, with the python3 that has dca's dependencies first on PATH).
-#   dca ARGS...       the dca CLI of this checkout (python3 -m, no install needed)
+#   dca ARGS...       the dca CLI of this checkout (python3 -c, no install needed)
 #   step NAME CMD...  runs CMD unless an earlier run finished the same CMD (WORK/.done-NAME holds it), so a rerun
 #                     continues and a changed setting runs the step again; then packs the results (PACK)
 #   ISSUE6            the issue-6 student's recipe (full fine-tuning, batch 4, lr 5e-5); add --epochs, the data and

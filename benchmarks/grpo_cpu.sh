@@ -13,7 +13,10 @@
 # student's recipe), the training questions with some but not all K samples right, where a GRPO group's rewards
 # differ and so give a gradient (DAPO's dynamic sampling, Yu et al. 2025, arXiv 2503.14476, applied once, before
 # training); without it, the first GRPO_LIMIT training questions. BASE: the base model (the bundled one by default).
-# STEPS > 0 caps the student's training and TEST_LIMIT/GRPO_STEPS can be made small: a dry run.
+# STEPS > 0 caps the student's training and TEST_LIMIT/GRPO_STEPS can be made small: a dry run (in another WORK).
+# SAMPLES is relative to the current directory; IN, DATA and WORK to the repository root. Outputs that depend on a
+# setting carry it in their name (the GRPO questions' content hash, GRPO_STEPS), so a changed setting makes new files
+# beside the old ones instead of reusing them; GRPO_STEPS may grow (the run continues from its last checkpoint).
 set -euo pipefail
 if [ -n "${SAMPLES:-}" ]; then SAMPLES=$(realpath "$SAMPLES"); fi
 cd "$(dirname "$0")/.."
@@ -38,16 +41,16 @@ base=(); if [ -n "${BASE:-}" ]; then base=(-m "$BASE"); fi
 step student dca distill train "$IN/gsm8k/kept.jsonl" "$IN/qwen3-gsm8k/kept.jsonl" "${base[@]}" -o "$WORK/student" \
     --epochs 1 "${ISSUE6[@]}" --save-every 10 "${cap[@]}"
 step student-gguf dca quant export "$WORK/student" -t Q4_K_M -o "$WORK/student.Q4_K_M.gguf" --force
-ev() { dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --resume "$@"; }
-step student-greedy ev -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-greedy"
+EV=(dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" --resume)
+step student-greedy "${EV[@]}" -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-greedy"
 
 # 3. GRPO from the student (full, GRPO_QUESTIONS questions x K completions a step, a checkpoint every 5 steps)
 if [ -n "${SAMPLES:-}" ]; then
-    python3 - "$SAMPLES" "$K" "$WORK/grpo-questions.jsonl" <<'EOF'
+    python3 - "$SAMPLES" "$K" "$WORK/grpo-questions.tmp.jsonl" <<'EOF'
 import json, sys
 samples, k, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [json.loads(line) for line in open(samples, encoding="utf-8")]
-mixed = [r for r in rows if 0 < sum(s["correct"] for s in r["samples"][:k]) < k]
+mixed = [r for r in rows if len(r["samples"]) >= k and 0 < sum(s["correct"] for s in r["samples"][:k]) < k]
 with open(out + ".tmp", "w", encoding="utf-8") as f:
     for r in mixed:
         f.write(json.dumps({"id": r["id"], "question": r["question"], "gold": r["gold"]}) + "\n")
@@ -55,16 +58,19 @@ import os; os.replace(out + ".tmp", out)
 print(f"GRPO questions: {len(mixed)} of {len(rows)} with 1..{k - 1} of {k} samples right ({samples})")
 EOF
 else
-    head -n "$GRPO_LIMIT" "$DATA/gsm8k_train.jsonl" > "$WORK/grpo-questions.jsonl"
+    head -n "$GRPO_LIMIT" "$DATA/gsm8k_train.jsonl" > "$WORK/grpo-questions.tmp.jsonl"
 fi
-step grpo dca distill rl "$WORK/grpo-questions.jsonl" -m "$WORK/student/model" -o "$WORK/grpo" --method full \
+Q="$WORK/grpo-questions-$(sha256sum < "$WORK/grpo-questions.tmp.jsonl" | cut -c1-12).jsonl"
+mv "$WORK/grpo-questions.tmp.jsonl" "$Q"
+step grpo dca distill rl "$Q" -m "$WORK/student/model" -o "$WORK/grpo" --method full \
     --samples "$K" --questions-per-step "$GRPO_QUESTIONS" --max-tokens "$MAX_TOKENS" --lr "$GRPO_LR" \
     --max-steps "$GRPO_STEPS" --save-every 5
-step grpo-gguf dca quant export "$WORK/grpo" -t Q4_K_M -o "$WORK/grpo.Q4_K_M.gguf" --force
-step grpo-greedy ev -m "$WORK/grpo.Q4_K_M.gguf" -o "$WORK/eval/grpo-greedy"
-dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/grpo-greedy" | tee "$WORK/eval/compare-greedy.txt"
+R="grpo-s$GRPO_STEPS"  # the policy after GRPO_STEPS steps: its GGUF and evaluations
+step "$R-gguf" dca quant export "$WORK/grpo" -t Q4_K_M -o "$WORK/$R.Q4_K_M.gguf" --force
+step "$R-greedy" "${EV[@]}" -m "$WORK/$R.Q4_K_M.gguf" -o "$WORK/eval/$R-greedy"
+dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/$R-greedy" | tee "$WORK/eval/compare-$R-greedy.txt"
 
 # 4. K samples of each test question (maj@K, pass@K), the student and the GRPO policy
-step student-maj ev -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-maj$K" --samples "$K"
-step grpo-maj ev -m "$WORK/grpo.Q4_K_M.gguf" -o "$WORK/eval/grpo-maj$K" --samples "$K"
-dca eval compare "$WORK/eval/student-maj$K" "$WORK/eval/grpo-maj$K" | tee "$WORK/eval/compare-maj$K.txt"
+step student-maj "${EV[@]}" -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-maj$K" --samples "$K"
+step "$R-maj" "${EV[@]}" -m "$WORK/$R.Q4_K_M.gguf" -o "$WORK/eval/$R-maj$K" --samples "$K"
+dca eval compare "$WORK/eval/student-maj$K" "$WORK/eval/$R-maj$K" | tee "$WORK/eval/compare-$R-maj$K.txt"

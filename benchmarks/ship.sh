@@ -29,7 +29,8 @@ send)
 join)
     name=${2:?NAME} out=${3:?OUT-FILE}; shift 3
     [ "$#" -gt 0 ] || { echo "ship join: name the folders the send calls came back to" >&2; exit 2; }
-    mapfile -t parts < <(find "$@" -name "$name.part-*" -printf '%f\t%p\n' | sort | cut -f2)
+    # one copy of each part (a group fetched twice, or nested folders, finds some twice)
+    mapfile -t parts < <(find "$@" -name "$name.part-*" -printf '%f\t%p\n' | sort -t $'\t' -k1,1 -u | cut -f2)
     sums=$(find "$@" -name "$name.sha256" | head -n 1)
     [ "${#parts[@]}" -gt 0 ] && [ -n "$sums" ] || { echo "ship join: no $name.part-* or $name.sha256 under $*" >&2; exit 2; }
     for (( i = 0; i < ${#parts[@]}; i++ )); do

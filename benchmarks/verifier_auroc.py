@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     results = {}
     for path, process in [(v, False) for v in args.verifier] + [(v, True) for v in args.prm]:
         v = Verifier(path)
-        results[path] = res = measure(rows, v, process=process)
+        results[f"{'prm' if process else 'orm'}:{path}"] = res = measure(rows, v, process=process)
         print(summary(path, res, k))
         v.close()
     write_json(args.json_out, {"data_dir": str(args.data_dir), "questions": len(rows), "k": k, "results": results})

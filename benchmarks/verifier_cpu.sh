@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19 on this CPU (benchmarks/README.md, "Verifiers and PRM beam search on this CPU"), after benchmarks/grpo_cpu.sh
-# has trained the issue-6 student in the same WORK (student/model, student.Q4_K_M.gguf, eval/student-greedy and
-# eval/student-maj8): the verifiers' data from the student's own samples with each step labelled by rollouts
+# has finished in the same WORK (its student/model, student.Q4_K_M.gguf, eval/student-greedy and eval/student-maj8,
+# its last evaluations): the verifiers' data from the student's own samples with each step labelled by rollouts
 # (dca distill verifier --process), an outcome (ORM) and a process verifier (PRM) fine-tuned from the student, their
 # AUROC on held-out training questions, the student's 8 test samples rescored by the ORM (best-of-8, weighted voting;
 # dca eval rescore), and PRM-guided step-level beam search; every choice against the greedy student by dca eval
@@ -11,8 +11,9 @@
 #
 # QUESTIONS: the training questions the verifiers' data is sampled from (the first VDATA_LIMIT; default: GSM8K
 # train), e.g. grpo_cpu.sh's questions with some but not all of K samples right, where choosing among samples
-# matters; the last HELDOUT training questions are held out for the AUROC. BEAM_WIDTH x EXPANSIONS next steps a step.
-# STEPS > 0 caps each training run: a dry run.
+# matters; the last HELDOUT training questions are held out for the AUROC (and dropped from QUESTIONS). BEAM_WIDTH x
+# EXPANSIONS next steps a step. STEPS > 0 caps each training run: a dry run (in another WORK). QUESTIONS is relative to
+# the current directory; DATA and WORK to the repository root.
 set -euo pipefail
 if [ -n "${QUESTIONS:-}" ]; then QUESTIONS=$(realpath "$QUESTIONS"); fi
 cd "$(dirname "$0")/.."
@@ -31,28 +32,43 @@ STEPS=${STEPS:-0}
 EVAL_EVERY=${EVAL_EVERY:-50}
 source benchmarks/_steps.sh
 S="$WORK/student/model" G="$WORK/student.Q4_K_M.gguf"
-for f in "$S" "$G" "$WORK/eval/student-greedy" "$WORK/eval/student-maj$K"; do
-    [ -e "$f" ] || { echo "verifier_cpu.sh: $f is missing: run benchmarks/grpo_cpu.sh with WORK=$WORK first" >&2; exit 2; }
+for name in student student-gguf student-greedy student-maj; do  # grpo_cpu.sh's steps this one reads
+    [ -e "$WORK/.done-$name" ] || { echo "verifier_cpu.sh: grpo_cpu.sh's step $name has not finished in $WORK" \
+        "($WORK/.done-$name is missing): run benchmarks/grpo_cpu.sh with WORK=$WORK first" >&2; exit 2; }
 done
 
 # 1. the verifiers' data: K samples of each question, each step labelled by ROLLOUTS rollouts; and the held-out
 #    questions' samples (no rollouts: the AUROC needs outcome labels only)
-step vdata dca distill verifier "$QUESTIONS" -m "$G" -o "$WORK/vdata" --samples "$K" --limit "$VDATA_LIMIT" \
+H="$WORK/train-heldout-$HELDOUT.jsonl"
+tail -n "$HELDOUT" "$DATA/gsm8k_train.jsonl" > "$H"
+python3 - "$QUESTIONS" "$H" "$WORK/vdata-questions.tmp.jsonl" <<'EOF'
+import json, os, sys
+questions, heldout, out = sys.argv[1:]
+held = {json.loads(line)["question"].strip() for line in open(heldout, encoding="utf-8") if line.strip()}
+rows = [line.rstrip("\n") for line in open(questions, encoding="utf-8") if line.strip()]
+kept = [line for line in rows if json.loads(line)["question"].strip() not in held]
+with open(out + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(line + "\n" for line in kept)
+os.replace(out + ".tmp", out)
+print(f"verifier questions: {len(kept)} of {len(rows)} in {questions} ({len(rows) - len(kept)} held out)")
+EOF
+V="$WORK/vdata-questions-$(sha256sum < "$WORK/vdata-questions.tmp.jsonl" | cut -c1-12).jsonl"
+mv "$WORK/vdata-questions.tmp.jsonl" "$V"
+step vdata dca distill verifier "$V" -m "$G" -o "$WORK/vdata" --samples "$K" --limit "$VDATA_LIMIT" \
     --max-tokens 256 --process --rollouts "$ROLLOUTS" --max-wrong 4
-tail -n "$HELDOUT" "$DATA/gsm8k_train.jsonl" > "$WORK/train-heldout.jsonl"
-step heldout dca distill verifier "$WORK/train-heldout.jsonl" -m "$G" -o "$WORK/vdata-heldout" --samples "$K" \
-    --max-tokens 256
+step heldout dca distill verifier "$H" -m "$G" -o "$WORK/vdata-heldout-$HELDOUT" --samples "$K" --max-tokens 256
 
-# 2. the ORM and the PRM, fine-tuned from the student on its labelled samples and steps, exported to Q8_0
+# 2. the ORM and the PRM, fine-tuned from the student on its labelled samples and steps, exported to Q8_0 (16 rows a
+#    step as on the GPU, in micro-batches of 4: 16 rows of 1,024 tokens at once would need ~20 GB in fp32 here)
 for v in orm prm; do
     step "$v" dca distill train "$WORK/vdata/$v.jsonl" -m "$S" -o "$WORK/$v" --method full --precision auto \
-        --seq-len 1024 --batch-size 16 --grad-accum 1 --no-gradient-checkpointing --epochs 1 --lr 2e-5 --seed 3 \
+        --seq-len 1024 --batch-size 4 --grad-accum 4 --no-gradient-checkpointing --epochs 1 --lr 2e-5 --seed 3 \
         --eval-fraction 0.02 --eval-every "$EVAL_EVERY" --save-every 10 "${cap[@]}"
     step "$v-gguf" dca quant export "$WORK/$v" -t Q8_0 -o "$WORK/$v.Q8_0.gguf" --force
 done
 
 # 3. AUROC and choices on the held-out questions' samples
-step auroc python3 benchmarks/verifier_auroc.py "$WORK/vdata-heldout" --verifier "$WORK/orm.Q8_0.gguf" \
+step auroc python3 benchmarks/verifier_auroc.py "$WORK/vdata-heldout-$HELDOUT" --verifier "$WORK/orm.Q8_0.gguf" \
     --prm "$WORK/prm.Q8_0.gguf" --json-out "$WORK/auroc.json"
 
 # 4. the student's K test samples judged by the ORM: best-of-K and ORM-weighted voting
