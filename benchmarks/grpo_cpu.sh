@@ -12,7 +12,9 @@
 # gsm8k_train.jsonl and gsm8k_test.jsonl. GRPO's questions: with SAMPLES (a dca distill star samples.jsonl of this
 # student's recipe), the training questions with some but not all K samples right, where a GRPO group's rewards
 # differ and so give a gradient (DAPO's dynamic sampling, Yu et al. 2025, arXiv 2503.14476, applied once, before
-# training); without it, the first GRPO_LIMIT training questions. BASE: the base model (the bundled one by default).
+# training); without it, the same selection from K samples of the first GRPO_LIMIT training questions that this
+# script draws from the student's GGUF (dca eval --samples K on gsm8k_train.jsonl: eval/student-train-maj8, ~1.5 h
+# for 500 here). BASE: the base model (the bundled one by default).
 # STEPS > 0 caps the student's training and TEST_LIMIT/GRPO_STEPS can be made small: a dry run (in another WORK).
 # SAMPLES is relative to the current directory; IN, DATA and WORK to the repository root. Outputs that depend on a
 # setting carry it in their name (the GRPO questions' content hash, GRPO_STEPS), so a changed setting makes new files
@@ -31,7 +33,7 @@ EVAL_EVERY=${EVAL_EVERY:-50}
 GRPO_STEPS=${GRPO_STEPS:-40}
 GRPO_QUESTIONS=${GRPO_QUESTIONS:-4}
 GRPO_LR=${GRPO_LR:-5e-6}
-GRPO_LIMIT=${GRPO_LIMIT:-2000}
+GRPO_LIMIT=${GRPO_LIMIT:-500}
 MAX_TOKENS=${MAX_TOKENS:-256}
 source benchmarks/_steps.sh
 base=(); if [ -n "${BASE:-}" ]; then base=(-m "$BASE"); fi
@@ -45,8 +47,12 @@ EV=(dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" 
 step student-greedy "${EV[@]}" -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-greedy"
 
 # 3. GRPO from the student (full, GRPO_QUESTIONS questions x K completions a step, a checkpoint every 5 steps)
-if [ -n "${SAMPLES:-}" ]; then
-    python3 - "$SAMPLES" "$K" "$WORK/grpo-questions.tmp.jsonl" <<'EOF'
+if [ -z "${SAMPLES:-}" ]; then
+    step student-train-maj dca eval --task gsm8k --data "$DATA/gsm8k_train.jsonl" --limit "$GRPO_LIMIT" --resume \
+        -m "$WORK/student.Q4_K_M.gguf" -o "$WORK/eval/student-train-maj$K" --samples "$K"
+    SAMPLES=$WORK/eval/student-train-maj$K/predictions.jsonl
+fi
+python3 - "$SAMPLES" "$K" "$WORK/grpo-questions.tmp.jsonl" <<'EOF'
 import json, sys
 samples, k, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [json.loads(line) for line in open(samples, encoding="utf-8")]
@@ -57,9 +63,6 @@ with open(out + ".tmp", "w", encoding="utf-8") as f:
 import os; os.replace(out + ".tmp", out)
 print(f"GRPO questions: {len(mixed)} of {len(rows)} with 1..{k - 1} of {k} samples right ({samples})")
 EOF
-else
-    head -n "$GRPO_LIMIT" "$DATA/gsm8k_train.jsonl" > "$WORK/grpo-questions.tmp.jsonl"
-fi
 Q="$WORK/grpo-questions-$(sha256sum < "$WORK/grpo-questions.tmp.jsonl" | cut -c1-12).jsonl"
 mv "$WORK/grpo-questions.tmp.jsonl" "$Q"
 step grpo dca distill rl "$Q" -m "$WORK/student/model" -o "$WORK/grpo" --method full \

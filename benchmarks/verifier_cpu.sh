@@ -7,7 +7,7 @@
 # dca eval rescore), and PRM-guided step-level beam search; every choice against the greedy student by dca eval
 # compare. All through dca's own CLI (llama.cpp sampling and scoring). Every step continues where it stopped.
 #
-#   DATA=../shared/data WORK=runs/i20-cpu QUESTIONS=runs/i20-cpu/grpo-questions.jsonl bash benchmarks/verifier_cpu.sh
+#   DATA=../shared/data WORK=runs/i20-cpu QUESTIONS=$(ls runs/i20-cpu/grpo-questions-*.jsonl) bash benchmarks/verifier_cpu.sh
 #
 # QUESTIONS: the training questions the verifiers' data is sampled from (the first VDATA_LIMIT; default: GSM8K
 # train), e.g. grpo_cpu.sh's questions with some but not all of K samples right, where choosing among samples
