@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19 on this CPU (benchmarks/README.md, "Verifiers and PRM beam search on this CPU"), after benchmarks/grpo_cpu.sh
+# Issue 19 on this CPU (benchmarks/README.md, "GRPO from the student on this CPU"), after benchmarks/grpo_cpu.sh
 # has finished in the same WORK (its student/model, student.Q4_K_M.gguf, eval/student-greedy and eval/student-maj8,
 # its last evaluations): the verifiers' data from the student's own samples with each step labelled by rollouts
 # (dca distill verifier --process), an outcome (ORM) and a process verifier (PRM) fine-tuned from the student, their
