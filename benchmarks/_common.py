@@ -9,19 +9,17 @@ from pathlib import Path
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's ``main`` and exit with its status, as the ``dca`` CLI ends: a dca error (bad input, a missing
-    file or model) prints ``error: MESSAGE`` on stderr alone and exits 1, Ctrl-C exits 130; any other exception
-    keeps its traceback (a bug, not bad input)."""
-    from dca.errors import DcaError
+    """Run a script's ``main`` and exit with its status through the ``dca`` CLI's own error handling
+    (:func:`dca.cli.common.handles_errors`): a dca error (bad input, a missing file or model) prints ``error: MESSAGE``
+    on stderr alone and exits 1, Ctrl-C exits 130; any other exception keeps its traceback (a bug, not bad input)."""
+    import typer
+
+    from dca.cli.common import handles_errors
 
     try:
-        status = main()
-    except DcaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        status = handles_errors(main)()
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     sys.exit(status)
 
 

@@ -57,10 +57,9 @@ import json, sys
 samples, k, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [json.loads(line) for line in open(samples, encoding="utf-8")]
 mixed = [r for r in rows if len(r["samples"]) >= k and 0 < sum(s["correct"] for s in r["samples"][:k]) < k]
-with open(out + ".tmp", "w", encoding="utf-8") as f:
+with open(out, "w", encoding="utf-8") as f:  # a temporary name: the mv below gives it its final one whole
     for r in mixed:
         f.write(json.dumps({"id": r["id"], "question": r["question"], "gold": r["gold"]}) + "\n")
-import os; os.replace(out + ".tmp", out)
 print(f"GRPO questions: {len(mixed)} of {len(rows)} with 1..{k - 1} of {k} samples right ({samples})")
 EOF
 Q="$WORK/grpo-questions-$(sha256sum < "$WORK/grpo-questions.tmp.jsonl" | cut -c1-12).jsonl"
