@@ -13,7 +13,7 @@
 # student's recipe), the training questions with some but not all K samples right, where a GRPO group's rewards
 # differ and so give a gradient (DAPO's dynamic sampling, Yu et al. 2025, arXiv 2503.14476, applied once, before
 # training); without it, the same selection from K samples of the first GRPO_LIMIT training questions that this
-# script draws from the student's GGUF (dca eval --samples K on gsm8k_train.jsonl: eval/student-train-maj8, ~1.5 h
+# script draws from the student's GGUF (dca eval --samples K on gsm8k_train.jsonl: eval/student-train-maj8, 38 min
 # for 500 here). BASE: the base model (the bundled one by default).
 # STEPS > 0 caps the student's training and TEST_LIMIT/GRPO_STEPS can be made small: a dry run (in another WORK).
 # SAMPLES is relative to the current directory; IN, DATA and WORK to the repository root. Outputs that depend on a
