@@ -454,6 +454,13 @@ def test_compare_paired_bootstrap_significant_and_not(tmp_path, scripted_llm):
     assert note.startswith("settings that differ: assistant.quote (only in A: False), assistant.repeat_penalty (")
     assert "vs 1.3)" in note and "student.Q4_K_M.gguf')" in note and "data" not in note
 
+    # a partial run (the first 10 items, as while B is still running): both sides over the items paired
+    part = evaluate(tmp_path, math_model(scripted_llm, wrong=set(range(0, 10, 2))), name="part", data=data, limit=10)
+    c = compare_reports(tmp_path / "strong", tmp_path / "part")
+    assert part.main.value == 0.5 and c.paired_items == 10 and "paired over the 10 items both runs scored" in c.notes
+    assert (c.rows[0].a, c.rows[0].b) == (0.8, 0.5)  # strong is wrong on items 1 and 3 of the first 10, 0.95 on 40
+    assert c.rows[0].diff == pytest.approx(c.rows[0].b - c.rows[0].a) and c.rows[0].significant is False
+
     (tmp_path / "weak" / "predictions.jsonl").unlink()  # unpaired fallback
     c = compare_reports(tmp_path / "weak" / "report.json", tmp_path / "strong" / "report.json")
     assert c.rows[0].method == "newcombe" and c.rows[0].significant and c.paired_items == 0

@@ -28,7 +28,9 @@ class MetricDiff:
 
     Attributes:
         name: the metric (``accuracy``, ``em``, ``maj@k``, ...) or compute field (``mean_answer_tokens``, ...).
-        a, b: its value in each run; None when the run does not have it.
+        a, b: its value in each run; None when the run does not have it. For a paired metric, its mean over the
+            paired items (a run's whole value when the runs scored the same items), so that ``diff`` is ``b - a``
+            also when one run is partial.
         diff: b - a (for a paired metric: the mean per-item difference over the paired items).
         low, high: the 95% interval of ``diff``; None for compute fields and one-sided metrics.
         method: ``"paired bootstrap"``, ``"newcombe"`` (unpaired proportions), ``"normal"`` (unpaired means)
@@ -73,9 +75,13 @@ def _metric_row(label: str, name_a: str, name_b: str, ra: EvalReport, rb: EvalRe
     pairs = [(pa[i]["scores"][name_a], pb[i]["scores"][name_b]) for i in common
              if name_a in pa[i]["scores"] and name_b in pb[i]["scores"]]
     if pairs:
-        diff, low, high = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], resamples=resamples, seed=seed)
-        method = "paired bootstrap"
-    elif name_a in MEAN_METRICS or name_b in MEAN_METRICS:
+        xs, ys = [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
+        diff, low, high = paired_bootstrap(xs, ys, resamples=resamples, seed=seed)
+        value_a, value_b = ma.value, mb.value
+        if len(pairs) < max(ma.n, mb.n):  # a run scored other items too: both sides over the paired ones
+            value_a, value_b = round(sum(xs) / len(xs), 6), round(sum(ys) / len(ys), 6)
+        return MetricDiff(label, value_a, value_b, diff, low, high, "paired bootstrap", low > 0 or high < 0)
+    if name_a in MEAN_METRICS or name_b in MEAN_METRICS:
         diff = mb.value - ma.value
         se = math.hypot((ma.high - ma.low) / (2 * Z95), (mb.high - mb.low) / (2 * Z95))
         low, high, method = diff - Z95 * se, diff + Z95 * se, "normal"
