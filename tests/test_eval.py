@@ -461,6 +461,17 @@ def test_compare_paired_bootstrap_significant_and_not(tmp_path, scripted_llm):
     assert (c.rows[0].a, c.rows[0].b) == (0.8, 0.5)  # strong is wrong on items 1 and 3 of the first 10, 0.95 on 40
     assert c.rows[0].diff == pytest.approx(c.rows[0].b - c.rows[0].a) and c.rows[0].significant is False
 
+    # a run still going or interrupted (no report.json yet): compared over the items it has finished
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path, math_model(scripted_llm, wrong={0}), name="going", data=data, progress=interrupt_after(6))
+    assert not (tmp_path / "going" / "report.json").exists()
+    c = compare_reports(tmp_path / "strong", tmp_path / "going")
+    assert c.paired_items == 6 and (c.rows[0].a, c.rows[0].b) == (pytest.approx(4 / 6), pytest.approx(5 / 6))
+    assert any("is unfinished (no report.json): its 6 finished items" in n for n in c.notes)
+    with pytest.raises(LoaderError, match="no finished item yet"):
+        (tmp_path / "going" / "predictions.jsonl").write_text("")
+        compare_reports(tmp_path / "strong", tmp_path / "going")
+
     (tmp_path / "weak" / "predictions.jsonl").unlink()  # unpaired fallback
     c = compare_reports(tmp_path / "weak" / "report.json", tmp_path / "strong" / "report.json")
     assert c.rows[0].method == "newcombe" and c.rows[0].significant and c.paired_items == 0

@@ -105,7 +105,8 @@ def eval_compare(a: Path = typer.Argument(..., help="report.json of run A (or it
     """Print each metric of runs A and B, the difference B - A with a 95% interval, and whether it is significant.
 
     The interval is a paired bootstrap over items (2,000 resamples, fixed seed) when both predictions.jsonl files
-    are beside the reports; otherwise an unpaired Newcombe (Wilson) interval.
+    are beside the reports; otherwise an unpaired Newcombe (Wilson) interval. A run still going (or interrupted)
+    is compared by the items it has finished, A and B both over the items they share.
     """
     from ..eval import compare_reports
 

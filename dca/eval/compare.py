@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
-from .harness import PREDICTIONS, read_predictions
-from .report import MEAN_METRICS, MISSING, EvalReport, load_report, setting_pairs
+from ..errors import ConfigError, LoaderError
+from .harness import CONFIG, EVAL_FORMAT, PREDICTIONS, REPORT_JSON, read_predictions
+from .report import MEAN_METRICS, MISSING, EvalReport, build_report, load_report, setting_pairs
 from .stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -92,8 +92,29 @@ def _metric_row(label: str, name_a: str, name_b: str, ra: EvalReport, rb: EvalRe
     return MetricDiff(label, ma.value, mb.value, diff, low, high, method, low > 0 or high < 0)
 
 
-def _as_report(x: EvalReport | str | Path) -> EvalReport:
-    return x if isinstance(x, EvalReport) else load_report(x)
+def _as_report(x: EvalReport | str | Path) -> tuple[EvalReport, str | None]:
+    """The report of ``x``, and a note when it is an unfinished run's (a run directory with its ``config.json``
+    and no ``report.json`` yet: still running, or interrupted before ``--resume``): built from the items it has
+    finished, as the finished run's report will be from all of them."""
+    if isinstance(x, EvalReport):
+        return x, None
+    path = Path(x)
+    if not (path.is_dir() and (path / CONFIG).exists() and not (path / REPORT_JSON).exists()):
+        return load_report(path), None
+    from ..paths import read_manifest
+
+    stored = read_manifest(path / CONFIG, EVAL_FORMAT)  # ManifestError (a LoaderError) names the file
+    try:
+        settings = stored["settings"]
+        task = settings["task"]
+    except (KeyError, TypeError) as e:
+        raise LoaderError(path / CONFIG, f"not a dca eval run's settings (no {e})") from e
+    records = read_predictions(path / PREDICTIONS)
+    if not records:
+        raise LoaderError(path, "an unfinished dca eval run with no finished item yet (no report.json)")
+    k = settings.get("samples") or max(len(r.get("samples") or ()) for r in records) or 1
+    report = build_report(task, k, records, settings=settings, out_dir=path)
+    return report, f"{path} is unfinished (no report.json): its {len(records)} finished items"
 
 
 def _predictions(report: EvalReport) -> dict[int, dict] | None:
@@ -113,7 +134,8 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *,
     interval from the two reports' intervals for mean metrics (``f1``, ``pass@1``).
 
     Args:
-        a, b: reports, or paths to ``report.json`` files or to the run directories holding them.
+        a, b: reports, or paths to ``report.json`` files or to the run directories holding them; a run directory
+            without its report yet (a run still going, or interrupted) counts the items it has finished.
         pairs: more rows, each comparing A's metric with another metric of B, as ``(A's name, B's name)``: e.g.
             ``("accuracy", "weighted_vote@8")`` for greedy decoding against a verifier's choice among 8 samples
             (``dca eval compare --pair``); the row is named ``"accuracy vs weighted_vote@8"``.
@@ -126,8 +148,8 @@ def compare_reports(a: EvalReport | str | Path, b: EvalReport | str | Path, *,
         LoaderError: a report or predictions file cannot be read.
         ConfigError: a metric named in ``pairs`` is not in its run.
     """
-    ra, rb = _as_report(a), _as_report(b)
-    notes: list[str] = []
+    (ra, note_a), (rb, note_b) = _as_report(a), _as_report(b)
+    notes: list[str] = [n for n in (note_a, note_b) if n]
     if ra.task != rb.task:
         notes.append(f"the runs are of different tasks ({ra.task} and {rb.task})")
     pa, pb = _predictions(ra), _predictions(rb)
