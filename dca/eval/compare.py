@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, LoaderError
-from .harness import CONFIG, EVAL_FORMAT, PREDICTIONS, REPORT_JSON, read_predictions
+from .harness import CONFIG, PREDICTIONS, REPORT_JSON, read_predictions, read_run_settings
 from .report import MEAN_METRICS, MISSING, EvalReport, build_report, load_report, setting_pairs
 from .stats import (
     BOOTSTRAP_RESAMPLES,
@@ -101,14 +101,10 @@ def _as_report(x: EvalReport | str | Path) -> tuple[EvalReport, str | None]:
     path = Path(x)
     if not (path.is_dir() and (path / CONFIG).exists() and not (path / REPORT_JSON).exists()):
         return load_report(path), None
-    from ..paths import read_manifest
-
-    stored = read_manifest(path / CONFIG, EVAL_FORMAT)  # ManifestError (a LoaderError) names the file
-    try:
-        settings = stored["settings"]
-        task = settings["task"]
-    except (KeyError, TypeError) as e:
-        raise LoaderError(path / CONFIG, f"not a dca eval run's settings (no {e})") from e
+    settings = read_run_settings(path)  # ManifestError (a LoaderError) names the file
+    task = settings.get("task")
+    if not isinstance(task, str):
+        raise LoaderError(path / CONFIG, "not a dca eval run's settings (no task)")
     records = read_predictions(path / PREDICTIONS)
     if not records:
         raise LoaderError(path, "an unfinished dca eval run with no finished item yet (no report.json)")

@@ -187,6 +187,21 @@ def samples_per_item(acfg) -> int:
     return acfg.k
 
 
+def read_run_settings(run: str | Path) -> dict:
+    """The settings mapping of the ``dca eval`` run in directory ``run`` (its ``config.json``).
+
+    Raises:
+        ManifestError: ``config.json`` is missing, unreadable, of another format, or holds no settings mapping.
+    """
+    path = Path(run) / CONFIG
+    stored = read_manifest(path, EVAL_FORMAT)
+    if stored is None:
+        raise ManifestError(path, "no such file")
+    if not isinstance(stored.get("settings"), dict):
+        raise ManifestError(path, "it holds no settings mapping")
+    return stored["settings"]
+
+
 def read_predictions(path: str | Path, *, repair: bool = False) -> list[dict]:
     """The records of a ``predictions.jsonl``, sorted by ``index`` (the first record of an index wins).
 
@@ -251,12 +266,7 @@ def _prepare_out_dir(cfg: EvalConfig, settings: dict) -> list[dict]:
                 (out / name).unlink(missing_ok=True)
         elif cfg.resume:
             try:
-                stored = read_manifest(out / CONFIG, EVAL_FORMAT)
-                if stored is None:
-                    raise ManifestError(out / CONFIG, "no such file")
-                saved = stored.get("settings")
-                if not isinstance(saved, dict):
-                    raise ManifestError(out / CONFIG, "it holds no settings mapping")
+                saved = read_run_settings(out)
             except ManifestError as e:
                 reason = e.reason
                 raise ConfigError(f"--resume: {out} is not a dca eval run (no readable {CONFIG}: {reason}); "

@@ -21,17 +21,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import ConfigError, LoaderError, ManifestError
-from ..paths import atomic_write_json, atomic_write_text, read_manifest, sha256_file
+from ..paths import atomic_write_json, atomic_write_text, sha256_file
 from ..progress import Progress, ProgressFn, emitter
 from .harness import (
     CONFIG,
-    EVAL_FORMAT,
     PREDICTIONS,
     REPORT_JSON,
     REPORT_MD,
     _prepare_out_dir,
     append_record,
     read_predictions,
+    read_run_settings,
 )
 from .report import EvalReport, build_report, to_markdown
 from .tasks import get_task
@@ -110,9 +110,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
         raise ConfigError(f"--strategy {strategy!r}: choose {' | '.join(VERIFIER_CHOICES)}")
     run, out_dir = Path(run).expanduser(), Path(out_dir).expanduser()
     try:
-        stored = read_manifest(run / CONFIG, EVAL_FORMAT)
-        if stored is None or not isinstance(stored.get("settings"), dict):
-            raise ManifestError(run / CONFIG, "no such file" if stored is None else "it holds no settings mapping")
+        stored_settings = read_run_settings(run)
     except ManifestError as e:
         raise LoaderError(run / CONFIG, f"not a dca eval run ({e.reason}); give the directory of a "
                                         "dca eval --samples k run") from e
@@ -122,7 +120,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
     if not records:
         raise LoaderError(run / PREDICTIONS, "no finished item to rescore")
     _candidates(run, records)
-    task = get_task(stored["settings"]["task"])
+    task = get_task(stored_settings["task"])
     k = len(records[0]["samples"])
 
     emit = emitter(progress)
@@ -130,7 +128,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
         emit(Progress("rescore", phase="loading the verifier"))
         verifier = Verifier(verifier)
     model = Path(verifier.llm.path).resolve() if getattr(verifier.llm, "path", None) else verifier.name
-    settings = json.loads(json.dumps(stored["settings"]))
+    settings = json.loads(json.dumps(stored_settings))
     settings["assistant"] = {**settings.get("assistant", {}), "verifier": str(model), "strategy": strategy}
     settings["rescored"] = {"run": str(run.resolve()), "predictions_sha256": sha256_file(run / PREDICTIONS)}
     earlier = _prepare_out_dir(SimpleNamespace(out_dir=out_dir, resume=resume, force=force), settings)
