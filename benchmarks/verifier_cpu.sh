@@ -3,9 +3,9 @@
 # has finished in the same WORK (its student/model, student.Q4_K_M.gguf, eval/student-greedy and eval/student-maj8,
 # its last evaluations): the verifiers' data from the student's own samples with each step labelled by rollouts
 # (dca distill verifier --process), an outcome (ORM) and a process verifier (PRM) fine-tuned from the student, their
-# AUROC on held-out training questions, the student's 8 test samples rescored by the ORM (best-of-8, weighted voting;
-# dca eval rescore), and PRM-guided step-level beam search; every choice against the greedy student by dca eval
-# compare. All through dca's own CLI (llama.cpp sampling and scoring). Every step continues where it stopped.
+# AUROC on held-out training questions, the student's 8 test samples rescored by the ORM and by the PRM (its last
+# step) (best-of-8, weighted voting; dca eval rescore), and PRM-guided step-level beam search; every choice against
+# the greedy student by dca eval compare. All through dca's own CLI (llama.cpp sampling and scoring). Every step continues where it stopped.
 #
 #   DATA=../shared/data WORK=runs/i20-cpu QUESTIONS=$(ls runs/i20-cpu/grpo-questions-*.jsonl) bash benchmarks/verifier_cpu.sh
 #
@@ -74,6 +74,8 @@ step auroc python3 benchmarks/verifier_auroc.py "$WORK/vdata-heldout-$HELDOUT" -
 # 4. the student's K test samples judged by the ORM: best-of-K and ORM-weighted voting
 step rescore dca eval rescore "$WORK/eval/student-maj$K" --verifier "$WORK/orm.Q8_0.gguf" -o "$WORK/eval/student-orm$K" \
     --resume
+step rescore-prm dca eval rescore "$WORK/eval/student-maj$K" --verifier "$WORK/prm.Q8_0.gguf" --process \
+    -o "$WORK/eval/student-prm$K" --resume
 # 5. PRM beam search: BEAM_WIDTH partial solutions, EXPANSIONS next steps each, per step
 step beam dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" -m "$G" --strategy beam_search \
     --verifier "$WORK/prm.Q8_0.gguf" --beam-width "$BEAM_WIDTH" --expansions "$EXPANSIONS" \
@@ -81,5 +83,8 @@ step beam dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_L
 dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/student-orm$K" --pair "accuracy:maj@$K" \
     --pair "accuracy:best_of_n@$K" --pair "accuracy:weighted_vote@$K" --pair "accuracy:pass@$K" \
     | tee "$WORK/eval/compare-orm$K.txt"
+dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/student-prm$K" --pair "accuracy:maj@$K" \
+    --pair "accuracy:best_of_n@$K" --pair "accuracy:weighted_vote@$K" --pair "accuracy:pass@$K" \
+    | tee "$WORK/eval/compare-prm$K.txt"
 dca eval compare "$WORK/eval/student-greedy" "$WORK/eval/student-beam${BEAM_WIDTH}x$EXPANSIONS" \
     | tee "$WORK/eval/compare-beam.txt"

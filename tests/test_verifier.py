@@ -261,6 +261,39 @@ def test_rescoring_a_sampled_run_chooses_as_the_live_search_did(tmp_path, script
         compare_reports(tmp_path / "sampled", tmp_path / "best", pairs=[("accuracy", "pass@8")])
 
 
+def test_rescoring_with_a_process_verifier_asks_it_about_each_whole_solution(tmp_path, scripted_llm):
+    import json
+
+    from dca.eval import EvalConfig, read_predictions, rescore_run, run_eval
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "What is 6 x 7?", "answer": "#### 42"}) + "\n")
+    run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / "sampled", samples=4),
+             Assistant(model=scripted_llm("x", sampled=MAJORITY_WRONG), think=False))
+    outcome, process = _scorer(scripted_llm, {"41": 0.9, "42": 0.1}), _scorer(scripted_llm, {"41": 0.1, "42": 0.9})
+
+    class ByQuestion(scripted_llm):  # the outcome question ranks 41 first, the process question 42
+        can_score = True
+
+        def score(self, prompt, continuations, *, cancel=None):
+            self.prompts.append(prompt)
+            return (process if PROCESS_QUESTION in prompt else outcome).score(prompt, continuations, cancel=cancel)
+
+    model = ByQuestion("unused")
+    prm = rescore_run(tmp_path / "sampled", Verifier(model), tmp_path / "prm", strategy="best_of_n", process=True)
+    assert len(model.prompts) == 4 and all(PROCESS_QUESTION in q and OUTCOME_QUESTION not in q for q in model.prompts)
+    assert all("\\boxed{4" in q.split("Solution:")[1] for q in model.prompts)  # each whole solution, its answer
+    rec = read_predictions(tmp_path / "prm" / "predictions.jsonl")[0]
+    assert rec["sample_scores"] == pytest.approx([0.1, 0.1, 0.1, 0.9]) and rec["chosen"] == 3
+    assert prm.metrics["accuracy"].value == 1.0 and prm.metrics["maj@4"].value == 0.0
+    settings = json.loads((tmp_path / "prm" / "config.json").read_text())["settings"]
+    assert settings["assistant"]["verifier_process"] is True
+    orm = rescore_run(tmp_path / "sampled", Verifier(model), tmp_path / "orm", strategy="best_of_n")
+    assert orm.metrics["accuracy"].value == 0.0 and OUTCOME_QUESTION in model.prompts[-1]
+    with pytest.raises(ConfigError, match="was run with other settings: .*verifier_process"):  # outcome into the PRM run
+        rescore_run(tmp_path / "sampled", Verifier(model), tmp_path / "prm", strategy="best_of_n", resume=True)
+
+
 def test_rescoring_needs_a_run_that_kept_its_candidates(tmp_path, scripted_llm):
     import json
 

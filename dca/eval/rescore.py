@@ -5,8 +5,11 @@ answer and whether it is right). Rescoring reads them, scores each with an outco
 (:class:`dca.assistant.verifier.Verifier`, P(Yes)) and answers each item as the verifier strategy would have
 (``best_of_n`` or ``weighted_vote``, :mod:`dca.assistant.strategies.verifier_search`), writing a new run directory
 of the same format: the strategy's choice is ``accuracy``; ``best_of_n@k`` and ``weighted_vote@k`` are both
-reported, beside the run's own ``maj@k`` and ``pass@k``. Sampling is the costly part of search over k samples,
-so one sampled run serves every verifier (the generate-then-score split of Hugging Face's search-and-learn).
+reported, beside the run's own ``maj@k`` and ``pass@k``. A process verifier (PRM, ``process=True``) judges each
+candidate as its last step, the whole solution asked "Are the steps so far correct?" (the ``last`` aggregation of
+Hugging Face's search-and-learn; Lightman et al. 2023 take the product of the steps' scores, which costs one call a
+step). Sampling is the costly part of search over k samples, so one sampled run serves every verifier (the
+generate-then-score split of Hugging Face's search-and-learn).
 
 The same candidates scored in the live run (``dca eval --samples k --verifier V``) get the same scores, so the
 two paths report the same choices. ``seconds`` per item is the sampled run's plus the scoring's (the cost of the
@@ -49,8 +52,9 @@ def _candidates(run: Path, records: list[dict]) -> None:
                               "dca eval rescore existed do not): run dca eval --samples k again")
 
 
-def _rescored(rec: dict, verifier, choose, main: str) -> dict:
-    """``rec`` (a sampled run's prediction) with its candidates scored by ``verifier`` and answered by ``choose``
+def _rescored(rec: dict, verifier, choose, main: str, process: bool = False) -> dict:
+    """``rec`` (a sampled run's prediction) with its candidates scored by ``verifier`` (as a process verifier
+    judging the whole solution with ``process``) and answered by ``choose``
     (a :data:`~dca.assistant.strategies.verifier_search.VERIFIER_CHOICES` function): the chosen sample's output,
     ``main`` metric and tool calls, both verifier metrics, the scoring's tokens and seconds."""
     from ..assistant.types import Sample
@@ -60,7 +64,8 @@ def _rescored(rec: dict, verifier, choose, main: str) -> dict:
     t0 = time.perf_counter()
     rows = rec["samples"]
     before = verifier.tokens
-    scores = verifier.score(rec["question"], [solution_text(r.get("thinking", ""), r["text"]) for r in rows])
+    judge = verifier.score_partial if process else verifier.score
+    scores = judge(rec["question"], [solution_text(r.get("thinking", ""), r["text"]) for r in rows])
     samples = tuple(Sample(r["text"], r.get("thinking", ""), r.get("answer"), r.get("mean_logprob", 0.0),
                            r.get("tokens", 0), r.get("finish", "stop"), score=float(p)) for r, p in zip(rows, scores))
     chosen = choose(samples)
@@ -80,7 +85,8 @@ def _rescored(rec: dict, verifier, choose, main: str) -> dict:
 
 
 def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str = "weighted_vote",
-                resume: bool = False, force: bool = False, progress: ProgressFn | None = None) -> EvalReport:
+                process: bool = False, resume: bool = False, force: bool = False,
+                progress: ProgressFn | None = None) -> EvalReport:
     """Rescore the k candidates of each item of the sampled run ``run`` with ``verifier``.
 
     Args:
@@ -90,6 +96,9 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
             rescoring continues with ``resume``.
         strategy: ``weighted_vote`` or ``best_of_n``: the choice reported as ``accuracy`` (both are reported as
             ``NAME@k``).
+        process: ``verifier`` is a process verifier (``dca distill verifier --process`` data): each candidate is
+            scored by P(Yes) to "Are the steps so far correct?" after its last step; otherwise P(Yes) to "Is this
+            solution correct?".
         resume, force: as ``dca eval``'s ``--resume`` and ``--force``.
         progress: called with a :class:`~dca.progress.Progress` (job ``rescore``, unit ``items``).
 
@@ -130,6 +139,8 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
     model = Path(verifier.llm.path).resolve() if getattr(verifier.llm, "path", None) else verifier.name
     settings = json.loads(json.dumps(stored_settings))
     settings["assistant"] = {**settings.get("assistant", {}), "verifier": str(model), "strategy": strategy}
+    if process:  # recorded only when set, so runs rescored before the option existed still resume
+        settings["assistant"]["verifier_process"] = True
     settings["rescored"] = {"run": str(run.resolve()), "predictions_sha256": sha256_file(run / PREDICTIONS)}
     earlier = _prepare_out_dir(SimpleNamespace(out_dir=out_dir, resume=resume, force=force), settings)
     main = task.main_metric
@@ -144,7 +155,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
         for rec in records:
             if rec["index"] in done:
                 continue
-            new = _rescored(rec, verifier, VERIFIER_CHOICES[strategy], main)
+            new = _rescored(rec, verifier, VERIFIER_CHOICES[strategy], main, process)
             append_record(f, new)
             done.add(rec["index"])
             correct += new["scores"][main]
