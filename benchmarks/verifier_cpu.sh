@@ -74,7 +74,7 @@ step auroc python3 benchmarks/verifier_auroc.py "$WORK/vdata-heldout-$HELDOUT" -
 # 4. the student's K test samples judged by the ORM: best-of-K and ORM-weighted voting
 step rescore dca eval rescore "$WORK/eval/student-maj$K" --verifier "$WORK/orm.Q8_0.gguf" -o "$WORK/eval/student-orm$K" \
     --resume
-step rescore-prm dca eval rescore "$WORK/eval/student-maj$K" --verifier "$WORK/prm.Q8_0.gguf" --process \
+step rescore-prm dca eval rescore "$WORK/eval/student-maj$K" --verifier "$WORK/prm.Q8_0.gguf" --process-verifier \
     -o "$WORK/eval/student-prm$K" --resume
 # 5. PRM beam search: BEAM_WIDTH partial solutions, EXPANSIONS next steps each, per step
 step beam dca eval --task gsm8k --data "$DATA/gsm8k_test.jsonl" --limit "$TEST_LIMIT" -m "$G" --strategy beam_search \

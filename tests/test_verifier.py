@@ -261,7 +261,7 @@ def test_rescoring_a_sampled_run_chooses_as_the_live_search_did(tmp_path, script
         compare_reports(tmp_path / "sampled", tmp_path / "best", pairs=[("accuracy", "pass@8")])
 
 
-def test_rescoring_with_a_process_verifier_asks_it_about_each_whole_solution(tmp_path, scripted_llm):
+def test_a_process_verifier_is_asked_about_each_whole_solution_live_and_rescored(tmp_path, scripted_llm):
     import json
 
     from dca.eval import EvalConfig, read_predictions, rescore_run, run_eval
@@ -287,11 +287,21 @@ def test_rescoring_with_a_process_verifier_asks_it_about_each_whole_solution(tmp
     assert rec["sample_scores"] == pytest.approx([0.1, 0.1, 0.1, 0.9]) and rec["chosen"] == 3
     assert prm.metrics["accuracy"].value == 1.0 and prm.metrics["maj@4"].value == 0.0
     settings = json.loads((tmp_path / "prm" / "config.json").read_text())["settings"]
-    assert settings["assistant"]["verifier_process"] is True
+    assert settings["assistant"]["process_verifier"] is True
     orm = rescore_run(tmp_path / "sampled", Verifier(model), tmp_path / "orm", strategy="best_of_n")
     assert orm.metrics["accuracy"].value == 0.0 and OUTCOME_QUESTION in model.prompts[-1]
-    with pytest.raises(ConfigError, match="was run with other settings: .*verifier_process"):  # outcome into the PRM run
+    with pytest.raises(ConfigError, match="was run with other settings: --process-verifier"):  # outcome into PRM run
         rescore_run(tmp_path / "sampled", Verifier(model), tmp_path / "prm", strategy="best_of_n", resume=True)
+
+    # the live search with --process-verifier asks the same question and chooses the same sample
+    for flag, right in ((True, 1.0), (False, 0.0)):
+        bot = Assistant(model=scripted_llm("x", sampled=MAJORITY_WRONG), think=False, process_verifier=flag)
+        bot.verifier = Verifier(model)
+        live = run_eval(EvalConfig(task="gsm8k", data=data, out_dir=tmp_path / f"live-{flag}", samples=4,
+                                   strategy="best_of_n"), bot)
+        assert live.metrics["accuracy"].value == right
+        assert (PROCESS_QUESTION in model.prompts[-1]) is flag
+    assert read_predictions(tmp_path / "live-True" / "predictions.jsonl")[0]["sample_scores"] == rec["sample_scores"]
 
 
 def test_rescoring_needs_a_run_that_kept_its_candidates(tmp_path, scripted_llm):

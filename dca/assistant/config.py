@@ -99,6 +99,10 @@ class AssistantConfig:
             this solution correct?" (``--verifier``; :mod:`dca.assistant.verifier`, trained with
             ``dca distill verifier``): with k > 1 samples, ``auto`` then votes weighted by its scores
             (``weighted_vote``); ``best_of_n`` answers with its best-scored sample.
+        process_verifier: ``verifier`` is a process verifier (PRM, ``dca distill verifier --process`` data;
+            ``--process-verifier``): ``best_of_n`` and ``weighted_vote`` score each sample by P(Yes) to "Are the
+            steps so far correct?" after its last step (the ``last`` aggregation of Hugging Face's
+            search-and-learn) instead of the outcome question. ``beam_search`` always asks the process question.
         beam_width, expansions: ``--strategy beam_search`` (:mod:`dca.assistant.strategies.beam_search`):
             partial solutions kept after each step, and next steps sampled from each (``--beam-width``,
             ``--expansions``); a step costs ``beam_width * expansions`` short samples and as many verifier calls.
@@ -157,6 +161,9 @@ class AssistantConfig:
     verifier: str | None = setting(None, "--verifier",
                                    help="GGUF of an outcome verifier (dca distill verifier) that scores the k "
                                         "samples: --strategy best_of_n | weighted_vote (auto with --samples > 1).")
+    process_verifier: bool = setting(False, "--process-verifier/--outcome-verifier",
+                                     help="The --verifier is a process verifier (PRM): best_of_n and weighted_vote "
+                                          "score each sample after its last step.")
     beam_width: int = setting(2, "--beam-width", help="Partial solutions kept per step by --strategy beam_search.")
     expansions: int = setting(4, "--expansions",
                               help="Next steps sampled per kept solution by --strategy beam_search.")

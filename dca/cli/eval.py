@@ -70,10 +70,10 @@ def eval_run(
 @app.command("rescore")
 @handles_errors
 def eval_rescore(run: Path = typer.Argument(..., help="Directory of a dca eval run made with --samples k > 1."),
-                 verifier: str = typer.Option(..., "--verifier", help="GGUF of a verifier (dca distill verifier) to judge the run's candidates: an outcome verifier, or a process verifier with --process."),
+                 verifier: str = typer.Option(..., "--verifier", help="GGUF of a verifier (dca distill verifier) to judge the run's candidates: an outcome verifier, or a process verifier with --process-verifier."),
                  out_dir: Path = typer.Option(..., "-o", "--out-dir", help="New run directory for the rescored run."),
                  strategy: str = typer.Option("weighted_vote", "--strategy", help="weighted_vote | best_of_n: the choice reported as accuracy (both are reported as NAME@k)."),
-                 process: bool = typer.Option(False, "--process", help="The verifier is a process verifier (PRM, dca distill verifier --process): each candidate is scored by its last step, P(Yes) to 'Are the steps so far correct?' after the whole solution.", metavar=""),
+                 process: bool = typer.Option(False, "--process-verifier", help="The verifier is a process verifier (PRM, dca distill verifier --process): each candidate is scored by its last step, P(Yes) to 'Are the steps so far correct?' after the whole solution.", metavar=""),
                  resume: bool = typer.Option(False, "--resume", help="Continue an interrupted rescoring in -o/--out-dir.", metavar=""),
                  force: bool = typer.Option(False, "--force", help="Delete the run files in a non-empty -o/--out-dir and start over.", metavar="")):
     """Judge the k candidates of a sampled run with a verifier, without sampling again.

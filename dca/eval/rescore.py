@@ -5,11 +5,11 @@ answer and whether it is right). Rescoring reads them, scores each with an outco
 (:class:`dca.assistant.verifier.Verifier`, P(Yes)) and answers each item as the verifier strategy would have
 (``best_of_n`` or ``weighted_vote``, :mod:`dca.assistant.strategies.verifier_search`), writing a new run directory
 of the same format: the strategy's choice is ``accuracy``; ``best_of_n@k`` and ``weighted_vote@k`` are both
-reported, beside the run's own ``maj@k`` and ``pass@k``. A process verifier (PRM, ``process=True``) judges each
-candidate as its last step, the whole solution asked "Are the steps so far correct?" (the ``last`` aggregation of
-Hugging Face's search-and-learn; Lightman et al. 2023 take the product of the steps' scores, which costs one call a
-step). Sampling is the costly part of search over k samples, so one sampled run serves every verifier (the
-generate-then-score split of Hugging Face's search-and-learn).
+reported, beside the run's own ``maj@k`` and ``pass@k``. A process verifier (PRM, ``process=True``, the live run's
+``--process-verifier``) judges each candidate as its last step, the whole solution asked "Are the steps so far
+correct?" (the ``last`` aggregation of Hugging Face's search-and-learn; Lightman et al. 2023 take the product of
+the steps' scores, which costs one call a step). Sampling is the costly part of search over k samples, so one
+sampled run serves every verifier (the generate-then-score split of Hugging Face's search-and-learn).
 
 The same candidates scored in the live run (``dca eval --samples k --verifier V``) get the same scores, so the
 two paths report the same choices. ``seconds`` per item is the sampled run's plus the scoring's (the cost of the
@@ -139,8 +139,7 @@ def rescore_run(run: str | Path, verifier, out_dir: str | Path, *, strategy: str
     model = Path(verifier.llm.path).resolve() if getattr(verifier.llm, "path", None) else verifier.name
     settings = json.loads(json.dumps(stored_settings))
     settings["assistant"] = {**settings.get("assistant", {}), "verifier": str(model), "strategy": strategy}
-    if process:  # recorded only when set, so runs rescored before the option existed still resume
-        settings["assistant"]["verifier_process"] = True
+    settings["assistant"]["process_verifier"] = process
     settings["rescored"] = {"run": str(run.resolve()), "predictions_sha256": sha256_file(run / PREDICTIONS)}
     earlier = _prepare_out_dir(SimpleNamespace(out_dir=out_dir, resume=resume, force=force), settings)
     main = task.main_metric

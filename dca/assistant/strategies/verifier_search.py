@@ -1,8 +1,9 @@
 """Search guided by a verifier over k samples: best-of-N and verifier-weighted voting.
 
 Both draw k samples as self-consistency does (one prompt evaluation, parallel llama.cpp sequences, tools
-answered inside each) and score each whole sample with the outcome verifier (``--verifier``;
-:class:`dca.assistant.verifier.Verifier`, P(Yes)):
+answered inside each) and score each whole sample with the verifier (``--verifier``;
+:class:`dca.assistant.verifier.Verifier`, P(Yes) to "Is this solution correct?", or with ``--process-verifier`` to
+"Are the steps so far correct?" after the sample's last step):
 
 ``best_of_n``
     the sample the verifier scores highest (Cobbe et al. 2021; Lightman et al. 2023).
@@ -34,7 +35,8 @@ def _scored(gen: Generation, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
     from ..verifier import solution_text
 
     texts = [solution_text(s.thinking, s.text) for s in samples]
-    scores = gen.verifier.score(gen.question, texts, cancel=gen.cancel)
+    judge = gen.verifier.score_partial if gen.config.process_verifier else gen.verifier.score
+    scores = judge(gen.question, texts, cancel=gen.cancel)
     return tuple(replace(s, score=float(p)) for s, p in zip(samples, scores))
 
 
