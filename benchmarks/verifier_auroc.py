@@ -63,8 +63,7 @@ def measure(rows: list[dict], verifier, *, process: bool = False) -> dict:
     from dca.eval.stats import auroc
 
     t0 = time.perf_counter()
-    judge = verifier.score_partial if process else verifier.score
-    scores = [judge(r["question"], [s["text"] for s in r["samples"]]).tolist() for r in rows]
+    scores = [verifier.score(r["question"], [s["text"] for s in r["samples"]], process=process).tolist() for r in rows]
     seconds = time.perf_counter() - t0
     flat = [x for ss in scores for x in ss]
     labels = [s["correct"] for r in rows for s in r["samples"]]

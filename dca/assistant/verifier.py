@@ -103,16 +103,18 @@ class Verifier:
             p = np.exp(a - m) / (np.exp(a - m) + np.exp(b - m))
         return np.where(np.isfinite(m), p, 0.0).astype(np.float64)
 
-    def score(self, question: str, solutions: Sequence[str], *,
+    def score(self, question: str, solutions: Sequence[str], *, process: bool = False,
               cancel: Callable[[], bool] | None = None) -> np.ndarray:
-        """Outcome scores: P(Yes) for each whole solution, a float64 array of shape (len(solutions),) in [0, 1]."""
-        return self._p_yes([verifier_messages(question, s) for s in solutions], cancel)
+        """Outcome scores: P(Yes) for each whole solution, a float64 array of shape (len(solutions),) in [0, 1].
+        With ``process`` (a process verifier), P(Yes) that its steps so far are correct, judged after its last
+        step (:meth:`score_partial`)."""
+        return self._p_yes([verifier_messages(question, s, process=process) for s in solutions], cancel)
 
     def score_partial(self, question: str, partials: Sequence[str], *,
                       cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Process scores of partial solutions: P(Yes) that each one's steps so far are correct; shape
         (len(partials),)."""
-        return self._p_yes([verifier_messages(question, p, process=True) for p in partials], cancel)
+        return self.score(question, partials, process=True, cancel=cancel)
 
     def score_steps(self, question: str, steps: Sequence[str], *,
                     cancel: Callable[[], bool] | None = None) -> np.ndarray:

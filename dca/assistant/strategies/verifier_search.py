@@ -35,8 +35,7 @@ def _scored(gen: Generation, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
     from ..verifier import solution_text
 
     texts = [solution_text(s.thinking, s.text) for s in samples]
-    judge = gen.verifier.score_partial if gen.config.process_verifier else gen.verifier.score
-    scores = judge(gen.question, texts, cancel=gen.cancel)
+    scores = gen.verifier.score(gen.question, texts, process=gen.config.process_verifier, cancel=gen.cancel)
     return tuple(replace(s, score=float(p)) for s, p in zip(samples, scores))
 
 
